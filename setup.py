@@ -1,0 +1,21 @@
+"""leo_tf: Latent Embedding Optimization (Rusu et al., ICLR 2019) in TensorFlow 2 / Keras 3."""
+
+import setuptools
+
+setuptools.setup(
+    name="leo_tf",
+    version="0.1.0",
+    description="Meta-Learning with Latent Embedding Optimization in TensorFlow 2 / Keras 3",
+    packages=setuptools.find_packages(include=["leo_tf", "leo_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow~=2.21.0",
+        "tensorflow-probability~=0.25.0",
+        # TFP 0.25 refuses to import without tf-keras, even for distributions.
+        "tf-keras~=2.21.0",
+        "tensorflow-datasets~=4.9",
+        "numpy>=1.26,<3",
+        "absl-py>=2.1,<3",
+    ],
+    extras_require={"test": ["pytest>=8,<10"]},
+)
