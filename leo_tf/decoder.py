@@ -1,0 +1,61 @@
+"""The decoder g_d and its orthogonality penalty (sections 2.3.1 and 2.3.4).
+
+    w_n ~ p(w | z_n) = N(mu_n^d, diag(sigma_n^d)^2),  (mu_n^d, sigma_n^d) = g_d(z_n).
+
+g_d is linear without bias, n_z -> 2 D. Its weight matrix W [n_z, 2D] is kept
+close to orthogonal rows by lambda_2 ||C_d - I||^2, C_d the row correlation
+matrix of W.
+"""
+
+from __future__ import annotations
+
+
+import keras
+import tensorflow as tf
+
+from leo_tf import distributions
+
+
+def weights_stddev_offset(num_classes, embedding_dim: int) -> tf.Tensor:
+  """sqrt(2 / (N + D)): Glorot's standard deviation for a D -> N classifier."""
+  num_classes = tf.cast(num_classes, tf.float64)
+  return tf.sqrt(2.0 / (num_classes + float(embedding_dim)))
+
+
+class Decoder(keras.layers.Layer):
+  """g_d: latent codes [..., n_z] -> Gaussian parameters over weights [..., 2D]."""
+
+  def __init__(self, embedding_dim: int, *, seed: int | None = None, **kwargs):
+    super().__init__(**kwargs)
+    self.embedding_dim = embedding_dim
+    self._initializer = keras.initializers.GlorotUniform(seed=seed)
+
+  def build(self, input_shape):
+    self.kernel = self.add_weight(name="w", shape=(int(input_shape[-1]), 2 * self.embedding_dim),
+                                  initializer=self._initializer)
+
+  def call(self, latents):
+    """latents: [B, N, K, n_z] -> [B, N, K, 2D] (means, then unnormalised stddevs)."""
+    return tf.einsum("bnkz,zd->bnkd", latents, self.kernel)  # [B,N,K,n_z] -> [B,N,K,2D]
+
+  def weights_distribution(self, latents) -> distributions.tfd.Normal:
+    """p(w | z): a diagonal Gaussian [B, N, K, D] over the classifier weights."""
+    num_classes = tf.shape(latents)[1]
+    offset = tf.cast(weights_stddev_offset(num_classes, self.embedding_dim), latents.dtype)
+    return distributions.gaussian_from_params(self(latents), stddev_offset=offset)
+
+
+def orthogonality_penalty(kernel: tf.Tensor) -> tf.Tensor:
+  """||C_d - I||^2 averaged over entries, C_d the row correlation of kernel [n_z, 2D].
+
+  As the original: C_ij = <w_i, w_j> / (|w_i| |w_j| + 1e-32 terms), and the
+  squared difference from the identity is averaged (not summed) over the n_z^2
+  entries. The caller multiplies by lambda_2.
+  """
+  gram = tf.matmul(kernel, kernel, transpose_b=True)  # [n_z, n_z]
+  norms = tf.norm(kernel, ord=2, axis=1, keepdims=True) + 1e-32  # [n_z, 1]
+  correlation = gram / tf.matmul(norms, norms, transpose_b=True)  # [n_z, n_z]
+  identity = tf.eye(tf.shape(kernel)[0], dtype=kernel.dtype)
+  return tf.reduce_mean(tf.math.squared_difference(correlation, identity))
+
+

@@ -1,0 +1,72 @@
+"""Diagonal Gaussians over latent codes and classifier weights (section 2.3.1).
+
+The encoder and the decoder each output the parameters of a diagonal Gaussian
+as one tensor [..., 2 * d]: the first half are the means, the second half the
+unnormalised standard deviations u. As in the original code,
+
+    sigma = max(exp(u) - (1 - offset), 1e-10),
+
+with offset 0 for the latent codes and sqrt(2 / (N + D)) (Glorot's standard
+deviation for a D -> N layer) for the classifier weights, so that u = 0 gives
+the initial scale a freshly initialised layer would have.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+MIN_STDDEV = 1e-10
+
+
+def gaussian_from_params(params: tf.Tensor, stddev_offset: float = 0.0) -> tfd.Normal:
+  """Returns the diagonal Gaussian that `params` [..., 2d] parameterise: [..., d]."""
+  means, unnormalized_stddev = tf.split(params, 2, axis=-1)  # 2 x [..., d]
+  stddev = tf.maximum(tf.exp(unnormalized_stddev) - (1.0 - stddev_offset), MIN_STDDEV)
+  return tfd.Normal(loc=means, scale=stddev)
+
+
+def possibly_sample(distribution: tfd.Normal, *, training: bool, deterministic: bool,
+                    seed: tf.Tensor | None) -> tf.Tensor:
+  """A reparameterised sample in meta-training, the mean otherwise.
+
+  Args:
+    distribution: a tfd.Normal with batch shape [..., d].
+    training: meta-training (sample) or evaluation (mean).
+    deterministic: the paper's deterministic ablation: always the mean.
+    seed: stateless seed, int32 [2]; required when a sample is drawn.
+
+  Returns:
+    [..., d] tensor.
+  """
+  if not training or deterministic:
+    return distribution.loc
+  if seed is None:
+    raise ValueError("possibly_sample needs a stateless seed (int32 [2]) in meta-training.")
+  return distribution.sample(seed=seed)
+
+
+def kl_to_standard_normal(distribution: tfd.Normal, samples: tf.Tensor, estimator: str,
+                          reduce_axes) -> tf.Tensor:
+  """KL(q || N(0, I)), averaged over `reduce_axes` (the original averages, not sums).
+
+  Args:
+    distribution: q, a tfd.Normal [..., d].
+    samples: the samples drawn from q, [..., d] (used by the "sample" estimator).
+    estimator: "sample": the original's one-sample estimate log q(z) - log p(z)
+      at the drawn z; "analytic": TFP's closed form.
+    reduce_axes: axes to average over (e.g. [1, 2, 3] for [B, N, K, n_z]).
+
+  Returns:
+    The KL per leading index, e.g. [B].
+  """
+  prior = tfd.Normal(loc=tf.zeros_like(distribution.loc), scale=tf.ones_like(distribution.scale))
+  if estimator == "sample":
+    kl = distribution.log_prob(samples) - prior.log_prob(samples)
+  elif estimator == "analytic":
+    kl = tfd.kl_divergence(distribution, prior)
+  else:
+    raise ValueError(f"estimator must be 'sample' or 'analytic', got {estimator!r}.")
+  return tf.reduce_mean(kl, axis=reduce_axes)

@@ -1,0 +1,271 @@
+"""LEO: the whole inner model, from support set to query loss (algorithm 1).
+
+    z ~ q(z | D^tr)              encoder g_e + relation network g_r   (encoder.py)
+    w ~ p(w | z)                 decoder g_d                          (decoder.py)
+    z' = z - alpha grad_z L_tr   latent adaptation                    (inner_loops.py)
+    w' = w - eta grad_w L_tr     fine-tuning                          (inner_loops.py)
+    L_val(w'), KL, encoder penalty                                     (objective.py)
+
+Every call is vectorised over a batch of B tasks of the same N and K; there is no
+Python loop and no map over tasks. `training` is an explicit argument of every
+call: meta-training samples codes and weights (TFP, stateless seeds) and applies
+dropout; evaluation uses the means, no dropout, no KL and no encoder penalty.
+
+Where the original code (deepmind/leo, model.py) settles what the paper leaves
+open, this follows it:
+  - the class's Gaussian over codes is repeated for its K support examples, and
+    a code (then a weight vector) is sampled per copy; the class's logit is the
+    mean over the K weight vectors;
+  - dropout is applied to the features both in the encoder and in the
+    classifier, in meta-training only;
+  - the inner gradients are those of the summed (not averaged) support loss;
+  - the first fine-tuning gradient is taken on the loss that ended latent
+    adaptation (here recomputed with the same dropout seed: the same value);
+  - the KL is a one-sample estimate averaged over entries (an analytic KL is
+    selectable), the encoder penalty a mean squared difference.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from leo_tf import classifier
+from leo_tf import decoder as decoder_lib
+from leo_tf import distributions
+from leo_tf import encoder as encoder_lib
+from leo_tf import inner_loops
+from leo_tf import objective
+from leo_tf import seeds
+from leo_tf.config import ModelConfig
+
+
+class ProblemInstance(NamedTuple):
+  """A batch of B few-shot tasks (the original's ProblemInstance, batched)."""
+
+  tr_input: tf.Tensor  # [B, N, K, D] float: support features, class n in row n
+  tr_output: tf.Tensor  # [B, N, K] int32: support labels (n in row n)
+  val_input: tf.Tensor  # [B, N, V, D] float: query features
+  val_output: tf.Tensor  # [B, N, V] int32: query labels
+
+
+class LEOOutputs(NamedTuple):
+  """What one forward pass over B tasks produces."""
+
+  val_loss: tf.Tensor  # [B] mean query cross-entropy after adaptation
+  val_accuracy: tf.Tensor  # [B] query accuracy after adaptation
+  tr_loss: tf.Tensor  # [B] mean support cross-entropy after latent adaptation
+  kl: tf.Tensor  # [B] KL(q(z | D^tr) || N(0, I)), 0 in evaluation
+  encoder_penalty: tf.Tensor  # [B] mean (z - stopgrad(z'))^2, 0 in evaluation
+  latents: tf.Tensor  # [B, N, K, n_z] codes before adaptation
+  adapted_latents: tf.Tensor  # [B, N, K, n_z] codes after latent adaptation
+  classifier_weights: tf.Tensor  # [B, N, D] class weights after fine-tuning (mean over K)
+  val_logits: tf.Tensor  # [B, N, V, N]
+
+
+def validate_problem(problem: ProblemInstance, embedding_dim: int) -> None:
+  """Raises ValueError with a message naming the problem for malformed inputs.
+
+  Shapes are checked always (statically); label values are checked when they
+  are concrete (eager tensors or numpy arrays).
+  """
+  for name in ("tr_input", "val_input"):
+    shape = tf.TensorShape(getattr(problem, name).shape)
+    if shape.rank != 4:
+      raise ValueError(f"{name} must be [B, N, K, D] (rank 4), got shape {shape}.")
+    if shape[-1] is not None and shape[-1] != embedding_dim:
+      raise ValueError(f"{name} has embedding size {shape[-1]} but the model was built for "
+                       f"{embedding_dim}; use embeddings of size {embedding_dim} or set "
+                       f"ModelConfig.embedding_dim.")
+  tr_shape = tf.TensorShape(problem.tr_input.shape)
+  val_shape = tf.TensorShape(problem.val_input.shape)
+  if tr_shape[2] == 0:
+    raise ValueError("tr_input has K = 0 support examples per class; K must be >= 1.")
+  if val_shape[2] == 0:
+    raise ValueError("val_input has 0 query examples per class; it must have >= 1.")
+  if tr_shape[1] is not None and tr_shape[1] < 2:
+    raise ValueError(f"A task needs N >= 2 classes, got N = {tr_shape[1]}.")
+  if (tr_shape[1] is not None and val_shape[1] is not None and tr_shape[1] != val_shape[1]):
+    raise ValueError(f"tr_input has N = {tr_shape[1]} classes but val_input has {val_shape[1]}.")
+  for name, input_name in (("tr_output", "tr_input"), ("val_output", "val_input")):
+    labels = getattr(problem, name)
+    if tf.TensorShape(labels.shape)[:3] != tf.TensorShape(getattr(problem, input_name).shape)[:3]:
+      raise ValueError(f"{name} must be [B, N, K] matching {input_name}; got {labels.shape} "
+                       f"and {getattr(problem, input_name).shape}.")
+    if isinstance(labels, np.ndarray) or (tf.is_tensor(labels) and hasattr(labels, "numpy")):
+      values = np.asarray(labels)
+      num_classes = tr_shape[1]
+      if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(f"{name} has labels in [{values.min()}, {values.max()}] but a "
+                         f"{num_classes}-way task needs labels in [0, {num_classes - 1}].")
+
+
+class LEO(tf.Module):
+  """The LEO model: Keras layers g_e, g_r, g_d and the two learned inner rates."""
+
+  def __init__(self, config: ModelConfig, *, seed: int = 0, first_order: bool = False,
+               name: str = "leo"):
+    """Builds every variable at once (their shapes depend on D and n_z only).
+
+    Args:
+      config: the model configuration.
+      seed: seeds the Glorot initialisation of the kernels.
+      first_order: stop gradients through the inner gradients (for comparison
+        only; LEO is second order).
+      name: module name.
+    """
+    super().__init__(name=name)
+    self.config = config
+    self.first_order = first_order
+    dtype = config.dtype
+    d, n_z = config.embedding_dim, config.num_latents
+    self.encoder = encoder_lib.Encoder(n_z, config.dropout_rate, seed=seed, dtype=dtype,
+                                       name="encoder")
+    self.relation_network = encoder_lib.RelationNetwork(n_z, seed=seed + 1, dtype=dtype,
+                                                        name="relation_network")
+    self.decoder = decoder_lib.Decoder(d, seed=seed + 10, dtype=dtype, name="decoder")
+    self.encoder.build((None, None, None, d))
+    self.relation_network.build((None, None, None, n_z))
+    self.decoder.build((None, None, None, n_z))
+    # alpha: one rate per latent dimension; eta: one per embedding dimension.
+    self.inner_lr = tf.Variable(tf.fill([n_z], tf.constant(config.inner_lr_init, dtype)),
+                                name="inner_lr")
+    self.finetuning_lr = tf.Variable(tf.fill([d], tf.constant(config.finetuning_lr_init, dtype)),
+                                     name="finetuning_lr")
+
+  @property
+  def dtype(self) -> tf.DType:
+    return tf.as_dtype(self.config.dtype)
+
+  @property
+  def regularized_kernels(self) -> list:
+    """The kernels that the L2 term (and the NaN fallback) act on."""
+    return [self.encoder.kernel, *self.relation_network.kernels, self.decoder.kernel]
+
+  @property
+  def meta_variables(self) -> list:
+    """Everything the outer loop trains, in a fixed order."""
+    return [*self.regularized_kernels, self.inner_lr, self.finetuning_lr]
+
+  def num_seeds(self) -> int:
+    """How many stateless seeds one meta-training forward pass consumes."""
+    c = self.config
+    # encoder (dropout + code sample), queries' dropout, one per decoding, one per
+    # support-loss evaluation.
+    return 2 + (c.inner_unroll_length + 1) + (c.inner_unroll_length + c.finetuning_unroll_length + 1)
+
+  def encode(self, tr_input: tf.Tensor, *, training: bool, seed: tf.Tensor | None = None,
+             ) -> tuple[tf.Tensor, tf.Tensor]:
+    """q(z | D^tr): support features [B, N, K, D] -> (codes [B, N, K, n_z], KL [B]).
+
+    In meta-training the codes are sampled and the KL estimated; in evaluation
+    they are the means and the KL is 0.
+    """
+    c = self.config
+    batch_shape = tf.shape(tr_input)[:3]
+    zero_kl = tf.zeros(batch_shape[:1], self.dtype)
+    dropout_seed = sample_seed = None
+    if training:
+      dropout_seed, sample_seed = seeds.split_seed(seed, 2)
+    if c.random_prior:
+      # Ablation: the codes come from the prior N(0, I), not from the data.
+      if not training or c.deterministic:
+        return tf.zeros(tf.concat([batch_shape, [c.num_latents]], 0), self.dtype), zero_kl
+      prior = distributions.tfd.Normal(tf.zeros([], self.dtype), tf.ones([], self.dtype))
+      return prior.sample(tf.concat([batch_shape, [c.num_latents]], 0), seed=sample_seed), zero_kl
+    codes = self.encoder(tr_input, training=training, seed=dropout_seed)  # [B, N, K, n_z]
+    relations = self.relation_network(codes)  # [B, N, K, 2 n_z]
+    params = encoder_lib.average_codes_per_class(relations)  # [B, N, K, 2 n_z]
+    q = distributions.gaussian_from_params(params)  # [B, N, K, n_z]
+    latents = distributions.possibly_sample(q, training=training, deterministic=c.deterministic,
+                                            seed=sample_seed)
+    if not training or c.deterministic:
+      return latents, zero_kl
+    kl = distributions.kl_to_standard_normal(q, latents, c.kl_estimator, reduce_axes=[1, 2, 3])
+    return latents, kl
+
+  def __call__(self, problem: ProblemInstance, *, training: bool,
+               seed: tf.Tensor | None = None) -> LEOOutputs:
+    """Runs LEO on a batch of tasks.
+
+    Args:
+      problem: a ProblemInstance of B tasks (tensors or arrays).
+      training: meta-training (sampling, dropout, KL, encoder penalty) or
+        evaluation (means, no dropout).
+      seed: int32 [2] stateless seed; required in meta-training.
+
+    Returns:
+      LEOOutputs.
+    """
+    if training is None or not isinstance(training, bool):
+      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
+    if training and seed is None:
+      raise ValueError("Meta-training draws samples and dropout masks: pass seed, an int32 [2] "
+                       "tensor (e.g. seeds.step_seed(run_seed, step)).")
+    validate_problem(problem, self.config.embedding_dim)
+    c = self.config
+    tr_input = tf.convert_to_tensor(problem.tr_input, self.dtype)
+    val_input = tf.convert_to_tensor(problem.val_input, self.dtype)
+    tr_output = tf.convert_to_tensor(problem.tr_output, tf.int32)
+    val_output = tf.convert_to_tensor(problem.val_output, tf.int32)
+
+    t, f = c.inner_unroll_length, c.finetuning_unroll_length
+    if training:
+      all_seeds = seeds.split_seed(seed, self.num_seeds())
+      encoder_seed, val_seed, decode_seeds = all_seeds[0], all_seeds[1], all_seeds[2:t + 3]
+      predict_seeds = all_seeds[t + 3:]
+    else:
+      encoder_seed = val_seed = None
+      decode_seeds = predict_seeds = [None] * (t + f + 1)
+    dropout_rate = c.dropout_rate
+
+    latents, kl = self.encode(tr_input, training=training, seed=encoder_seed)
+
+    def decode_fn(z, i):
+      weights = self.decoder.weights_distribution(z)  # [B, N, K, D]
+      return distributions.possibly_sample(weights, training=training,
+                                           deterministic=c.deterministic, seed=decode_seeds[i])
+
+    def leo_loss_fn(w, i):
+      return classifier.inner_loss(tr_input, tr_output, w, dropout_rate=dropout_rate,
+                                   training=training, seed=predict_seeds[i])[0]
+
+    def finetuning_loss_fn(w, i):
+      # Step 0 reuses the seed of the loss that ended latent adaptation.
+      return leo_loss_fn(w, t + i)
+
+    adapted_latents, weights, tr_loss = inner_loops.leo_inner_loop(
+        latents, self.inner_lr, decode_fn, leo_loss_fn, num_steps=t, first_order=self.first_order)
+    weights = inner_loops.finetuning_inner_loop(
+        weights, self.finetuning_lr, finetuning_loss_fn, num_steps=f,
+        first_order=self.first_order)
+    val_loss, val_logits = classifier.inner_loss(val_input, val_output, weights,
+                                                 dropout_rate=dropout_rate, training=training,
+                                                 seed=val_seed)
+    if training:
+      enc_penalty = objective.encoder_penalty(latents, adapted_latents)
+    else:
+      enc_penalty = tf.zeros_like(kl)
+    return LEOOutputs(
+        val_loss=tf.reduce_mean(val_loss, axis=[1, 2]),
+        val_accuracy=classifier.accuracy(val_logits, val_output),
+        tr_loss=tf.reduce_mean(tr_loss, axis=[1, 2]),
+        kl=kl,
+        encoder_penalty=enc_penalty,
+        latents=latents,
+        adapted_latents=adapted_latents,
+        classifier_weights=tf.reduce_mean(weights, axis=2),  # [B, N, K, D] -> [B, N, D]
+        val_logits=val_logits)
+
+  def meta_loss(self, outputs: LEOOutputs) -> objective.MetaLoss:
+    """Equations 6-7 on the outputs of a meta-training call."""
+    c = self.config
+    return objective.meta_loss(
+        outputs.val_loss, outputs.kl, outputs.encoder_penalty,
+        objective.l2_penalty(self.regularized_kernels),
+        decoder_lib.orthogonality_penalty(self.decoder.kernel),
+        kl_weight=c.kl_weight, encoder_penalty_weight=c.encoder_penalty_weight,
+        l2_penalty_weight=c.l2_penalty_weight,
+        orthogonality_penalty_weight=c.orthogonality_penalty_weight)

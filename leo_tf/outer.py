@@ -1,0 +1,122 @@
+"""The outer loop: one compiled meta-training step, and the evaluation step.
+
+A meta-training step is one `tf.function(jit_compile=True)` over a whole
+meta-batch: forward through both inner loops (vectorised over tasks), the
+second-order meta-gradient, the NaN fallback, clipping and the Adam update.
+
+Outer update, as the original (runner.py, model.py), with its fallback fixed:
+  - when the loss or any gradient is NaN or Inf, the gradients are replaced by
+    those of 1e-4 * sum ||w||^2 / 2 over the regularised kernels (zero for the
+    learning rates): a small weight decay that pulls the variables back into a
+    region where the loss is defined. The original meant this but zipped
+    gradients and variables in the wrong order and returned the variables
+    themselves; it also checked only NaN, not Inf.
+  - each gradient is clipped by value at `gradient_threshold`, then each by
+    its own norm at `gradient_norm_threshold` (per tensor, as the original).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import keras
+import tensorflow as tf
+
+from leo_tf import objective
+from leo_tf.config import OuterConfig
+from leo_tf.model import LEO, ProblemInstance
+
+
+class StepMetrics(NamedTuple):
+  """Scalars of one meta-training step, for logs and TensorBoard."""
+
+  loss: tf.Tensor  # total meta-objective
+  val_loss: tf.Tensor
+  accuracy: tf.Tensor  # mean query accuracy of the meta-batch
+  kl: tf.Tensor
+  encoder_penalty: tf.Tensor
+  l2: tf.Tensor
+  orthogonality: tf.Tensor
+  gradient_norm: tf.Tensor  # global norm before clipping
+  fallback: tf.Tensor  # 1.0 when the NaN/Inf fallback replaced the gradients
+
+
+def fallback_gradients(model: LEO) -> list[tf.Tensor]:
+  """Gradients of 1e-4 * sum ||w||^2 / 2 w.r.t. model.meta_variables (zeros where unused)."""
+  with tf.GradientTape() as tape:
+    penalty = objective.FALLBACK_L2_WEIGHT * objective.l2_penalty(model.regularized_kernels)
+  variables = model.meta_variables
+  grads = tape.gradient(penalty, variables)
+  return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+
+
+def all_finite(loss: tf.Tensor, grads: Sequence[tf.Tensor]) -> tf.Tensor:
+  """True when the loss and every gradient entry are finite (no NaN, no Inf)."""
+  checks = [tf.reduce_all(tf.math.is_finite(loss))]
+  checks += [tf.reduce_all(tf.math.is_finite(g)) for g in grads]
+  return tf.reduce_all(tf.stack(checks))
+
+
+def clip_gradients(grads: Sequence[tf.Tensor], gradient_threshold: float,
+                   gradient_norm_threshold: float) -> list[tf.Tensor]:
+  """Clips each gradient by value, then each by its own norm (<= 0 switches one off)."""
+  grads = list(grads)
+  if gradient_threshold > 0:
+    grads = [tf.clip_by_value(g, -gradient_threshold, gradient_threshold) for g in grads]
+  if gradient_norm_threshold > 0:
+    grads = [tf.clip_by_norm(g, gradient_norm_threshold) for g in grads]
+  return grads
+
+
+def meta_gradients(model: LEO, problem: ProblemInstance, seed: tf.Tensor, config: OuterConfig
+                   ) -> tuple[list[tf.Tensor], StepMetrics]:
+  """Second-order meta-gradients, NaN-safe and clipped, with the step's metrics."""
+  variables = model.meta_variables
+  with tf.GradientTape() as tape:
+    outputs = model(problem, training=True, seed=seed)
+    loss = model.meta_loss(outputs)
+  grads = tape.gradient(loss.total, variables)
+  grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+  finite = all_finite(loss.total, grads)
+  safe = fallback_gradients(model)
+  grads = [tf.where(finite, g, s) for g, s in zip(grads, safe)]
+  gradient_norm = tf.linalg.global_norm(grads)
+  grads = clip_gradients(grads, config.gradient_threshold, config.gradient_norm_threshold)
+  metrics = StepMetrics(
+      loss=loss.total, val_loss=loss.val_loss, accuracy=tf.reduce_mean(outputs.val_accuracy),
+      kl=loss.kl, encoder_penalty=loss.encoder_penalty, l2=loss.l2,
+      orthogonality=loss.orthogonality, gradient_norm=gradient_norm,
+      fallback=1.0 - tf.cast(finite, loss.total.dtype))
+  return grads, metrics
+
+
+def make_optimizer(model: LEO, config: OuterConfig) -> keras.optimizers.Optimizer:
+  """Adam at outer_lr, with its slots built (so a compiled step creates no variables)."""
+  optimizer = keras.optimizers.Adam(learning_rate=config.outer_lr)
+  optimizer.build(model.meta_variables)
+  return optimizer
+
+
+def make_train_step(model: LEO, optimizer: keras.optimizers.Optimizer, config: OuterConfig
+                    ) -> Callable[[ProblemInstance, tf.Tensor], StepMetrics]:
+  """Returns step(problem, seed) -> StepMetrics, one compiled function per meta-batch."""
+
+  @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+  def train_step(problem: ProblemInstance, seed: tf.Tensor) -> StepMetrics:
+    grads, metrics = meta_gradients(model, problem, seed, config)
+    optimizer.apply_gradients(zip(grads, model.meta_variables))
+    return metrics
+
+  return train_step
+
+
+def make_eval_step(model: LEO, jit_compile: bool = True
+                   ) -> Callable[[ProblemInstance], tuple[tf.Tensor, tf.Tensor]]:
+  """Returns step(problem) -> (per-task query accuracy [B], per-task query loss [B])."""
+
+  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+  def eval_step(problem: ProblemInstance) -> tuple[tf.Tensor, tf.Tensor]:
+    outputs = model(problem, training=False)
+    return outputs.val_accuracy, outputs.val_loss
+
+  return eval_step
