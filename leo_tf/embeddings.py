@@ -536,6 +536,12 @@ def _fsync_dir(folder: str) -> None:
     os.close(fd)
 
 
+def _current_umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path: str, write_fn) -> None:
   """Writes a file so that readers see either the old one or the complete new one.
 
@@ -550,6 +556,7 @@ def atomic_write(path: str, write_fn) -> None:
   fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                   dir=folder)
   try:
+    os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes it 0600
     with os.fdopen(fd, "wb") as f:
       write_fn(f)
       f.flush()

@@ -13,10 +13,12 @@ sampler has no mutable state; to resume a run at step s, ask for step s.
 from __future__ import annotations
 
 import zlib
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 from leo_tf.embeddings import EmbeddingSplit
 
@@ -177,13 +179,15 @@ class EpisodeSampler:
 
 
 def make_dataset(sampler: EpisodeSampler, batch_size: int, start_step: int,
-                 num_steps: int) -> tf.data.Dataset:
+                 num_steps: int) -> "tf.data.Dataset":
   """A tf.data pipeline of the sampler's batches for steps start_step .. start_step+num_steps-1.
 
   Element i is sampler.sample(start_step + i, batch_size) as tf tensors with
   static shapes [B, N, K, D], [B, N, K], [B, N, V, D], [B, N, V]; the order is
   deterministic even though batches are drawn in parallel and prefetched.
+  (TensorFlow is imported here, so the numpy sampler does not need it.)
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if int(start_step) != start_step or start_step < 0 or int(num_steps) != num_steps or num_steps < 0:
     raise ValueError(
         f"start_step and num_steps must be integers >= 0, got {start_step!r} and {num_steps!r}.")
@@ -196,7 +200,7 @@ def make_dataset(sampler: EpisodeSampler, batch_size: int, start_step: int,
   def sample_step(step: np.ndarray):
     return tuple(sampler.sample(int(step), b))
 
-  def to_problem(step: tf.Tensor) -> ProblemInstance:
+  def to_problem(step: "tf.Tensor") -> ProblemInstance:
     tensors = tf.numpy_function(sample_step, [step], [tf.float32, tf.int32, tf.float32, tf.int32],
                                 stateful=False)
     for tensor, shape in zip(tensors, ([b, n, k, d], [b, n, k], [b, n, v, d], [b, n, v])):
