@@ -48,23 +48,46 @@ def possibly_sample(distribution: tfd.Normal, *, training: bool, deterministic: 
   return distribution.sample(seed=seed)
 
 
-def kl_to_standard_normal(distribution: tfd.Normal, samples: tf.Tensor, estimator: str,
-                          reduce_axes) -> tf.Tensor:
+def sample_with_noise(distribution: tfd.Normal, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """z = mu + sigma * eps with eps ~ N(0, I) drawn by TFP: returns (z, eps), [..., d] each.
+
+  The same values as distribution.sample(seed=seed) (TFP's Normal samples
+  eps with the same seed and returns loc + scale * eps), with the noise kept for
+  the KL estimate.
+  """
+  standard = tfd.Normal(loc=tf.zeros_like(distribution.loc),
+                        scale=tf.ones_like(distribution.scale))
+  noise = standard.sample(seed=seed)
+  return distribution.loc + distribution.scale * noise, noise
+
+
+def kl_to_standard_normal(distribution: tfd.Normal, samples: tf.Tensor, noise: tf.Tensor | None,
+                          estimator: str, reduce_axes) -> tf.Tensor:
   """KL(q || N(0, I)), averaged over `reduce_axes` (the original averages, not sums).
 
   Args:
     distribution: q, a tfd.Normal [..., d].
-    samples: the samples drawn from q, [..., d] (used by the "sample" estimator).
+    samples: z = mu + sigma * eps drawn from q, [..., d].
+    noise: eps, [..., d] (used by the "sample" estimator).
     estimator: "sample": the original's one-sample estimate log q(z) - log p(z)
       at the drawn z; "analytic": TFP's closed form.
     reduce_axes: axes to average over (e.g. [1, 2, 3] for [B, N, K, n_z]).
 
   Returns:
     The KL per leading index, e.g. [B].
+
+  The one-sample estimate evaluates log q(z) as log N(eps; 0, 1) - log sigma,
+  which is q.log_prob(z) in value and in gradient (z - mu)/sigma = eps for every
+  mu and sigma), but without recomputing (z - mu) / sigma: when sigma is clamped
+  at 1e-10 that subtraction loses every significant digit and the estimate
+  becomes rounding noise of size up to 1e4 in float32.
   """
   prior = tfd.Normal(loc=tf.zeros_like(distribution.loc), scale=tf.ones_like(distribution.scale))
   if estimator == "sample":
-    kl = distribution.log_prob(samples) - prior.log_prob(samples)
+    if noise is None:
+      raise ValueError("The 'sample' KL estimator needs the noise eps of the sample.")
+    log_q = prior.log_prob(noise) - tf.math.log(distribution.scale)  # log N(eps) - log sigma
+    kl = log_q - prior.log_prob(samples)
   elif estimator == "analytic":
     kl = tfd.kl_divergence(distribution, prior)
   else:

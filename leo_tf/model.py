@@ -179,11 +179,11 @@ class LEO(tf.Module):
     relations = self.relation_network(codes)  # [B, N, K, 2 n_z]
     params = encoder_lib.average_codes_per_class(relations)  # [B, N, K, 2 n_z]
     q = distributions.gaussian_from_params(params)  # [B, N, K, n_z]
-    latents = distributions.possibly_sample(q, training=training, deterministic=c.deterministic,
-                                            seed=sample_seed)
     if not training or c.deterministic:
-      return latents, zero_kl
-    kl = distributions.kl_to_standard_normal(q, latents, c.kl_estimator, reduce_axes=[1, 2, 3])
+      return q.loc, zero_kl
+    latents, noise = distributions.sample_with_noise(q, sample_seed)
+    kl = distributions.kl_to_standard_normal(q, latents, noise, c.kl_estimator,
+                                             reduce_axes=[1, 2, 3])
     return latents, kl
 
   def __call__(self, problem: ProblemInstance, *, training: bool,
