@@ -243,7 +243,7 @@ def _check_embeddings(embeddings: Any, embedding_dim: int, source: str) -> np.nd
     raise EmbeddingsError(f"{source}: the file holds no embeddings.")
   embeddings = embeddings.astype(np.float32, copy=False)  # [n, D]
   finite_rows = np.isfinite(embeddings).all(axis=1)  # [n]
-  if not finite_rows.all():
+  if not finite_rows.all(axis=0):
     bad = np.flatnonzero(~finite_rows)
     raise EmbeddingsError(
         f"{source}: {bad.size} embedding row(s) hold NaN or Inf, first row {bad[0]}; "
@@ -338,7 +338,7 @@ class EmbeddingSplit:
     c = len(self.class_names)
     if (self.embeddings.ndim != 2 or self.embeddings.dtype != np.float32
         or self.class_image_indices.shape[0] != c or self.class_sizes.shape != (c,)
-        or len(self.image_names) != m or int(self.class_sizes.sum()) != m):
+        or len(self.image_names) != m or int(self.class_sizes.sum(axis=0)) != m):
       raise ValueError(
           "EmbeddingSplit fields disagree (embeddings [M, D] float32, C class names, "
           "class_image_indices [C, max_images], class_sizes [C] summing to M, M image "
@@ -403,9 +403,9 @@ def build_split(embeddings: np.ndarray, row_class_names: Sequence[str],
 
   class_sizes = np.bincount(class_of_row, minlength=len(class_names)).astype(np.int32)  # [C]
   rows_by_class = np.argsort(class_of_row, kind="stable").astype(np.int32)  # [M]
-  starts = np.concatenate([[0], np.cumsum(class_sizes)[:-1]])  # [C]
+  starts = np.concatenate([[0], np.cumsum(class_sizes, axis=0)[:-1]], axis=0)  # [C]
   position = np.arange(class_of_row.size) - starts[class_of_row[rows_by_class]]  # [M]
-  indices = np.full((len(class_names), int(class_sizes.max())), _PAD_INDEX, np.int32)
+  indices = np.full((len(class_names), int(class_sizes.max(axis=0))), _PAD_INDEX, np.int32)
   indices[class_of_row[rows_by_class], position] = rows_by_class  # [C, max_images]
 
   normalized = l2_normalize_rows(embeddings)  # [M, D]

@@ -59,9 +59,9 @@ def num_eval_val_examples(split: EmbeddingSplit, num_tr_examples_per_class: int)
   Raises:
     ValueError: K leaves no query image in the smallest class.
   """
-  smallest = int(split.class_sizes.min())
+  smallest = int(split.class_sizes.min(axis=0))
   if num_tr_examples_per_class >= smallest:
-    c = int(np.argmin(split.class_sizes))
+    c = int(np.argmin(split.class_sizes, axis=0))
     raise ValueError(
         f"num_tr_examples_per_class (K={num_tr_examples_per_class}) leaves no query image in "
         f"class {split.class_names[c]!r}, which has {smallest} images; use K < {smallest}.")

@@ -204,9 +204,11 @@ def ncm_accuracy(split: emb.EmbeddingSplit, num_shots: int, num_tasks: int, seed
     similarity = (val.reshape(b, n * v, d) @ prototypes.transpose(0, 2, 1)).reshape(b, n, v, n)
     predicted = np.argmax(similarity, axis=-1)  # [B, N, V]
     accuracies.append(np.mean(predicted == problem.val_output, axis=(1, 2)))  # [B]
-  accuracies = np.concatenate(accuracies)  # [num_tasks]
-  half_width = 1.96 * accuracies.std(ddof=1) / np.sqrt(accuracies.size) if accuracies.size > 1 else 0.0
-  return float(accuracies.mean()), float(half_width)
+  accuracies = np.concatenate(accuracies, axis=0)  # [num_tasks]
+  half_width = 0.0
+  if accuracies.size > 1:
+    half_width = 1.96 * accuracies.std(axis=0, ddof=1) / np.sqrt(accuracies.size)
+  return float(accuracies.mean(axis=0)), float(half_width)
 
 
 def _settings(config: SyntheticConfig, num_eval_tasks: int) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def load_split_from_tfds(source: tfds.core.DatasetBuilder | tf.data.Dataset,
     keys.extend(k.decode("utf-8") for k in batch["key"])
   if not embeddings:
     raise ValueError(f"{origin}: the dataset is empty; prepare the builder first.")
-  indices = np.concatenate(indices)  # [M]
+  indices = np.concatenate(indices, axis=0)  # [M]
   order = np.argsort(indices, kind="stable")
   if not np.array_equal(indices[order], np.arange(indices.size)):
     raise ValueError(
