@@ -16,6 +16,8 @@ setuptools.setup(
         "tensorflow-datasets~=4.9",
         "numpy>=1.26,<3",
         "absl-py>=2.1,<3",
+        # tf.summary needs TensorBoard, which TensorFlow 2.21 no longer pulls in.
+        "tensorboard>=2.19",
     ],
     extras_require={"test": ["pytest>=8,<10"]},
 )

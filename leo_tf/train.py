@@ -1,0 +1,135 @@
+r"""Meta-train and evaluate LEO: `python -m leo_tf.train --flagfile=mini.flags`.
+
+The flags keep the original code's names and meanings (deepmind/leo, config.py),
+so its command lines carry over. Flags are read here only; the library takes a
+frozen trainer.RunConfig.
+
+  python -m leo_tf.train --flagfile=flags/demo.flags            # train, then meta-test
+  python -m leo_tf.train --flagfile=flags/demo.flags --evaluation_mode
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from leo_tf import trainer
+from leo_tf.config import ABLATIONS, KL_ESTIMATORS, DataConfig, ModelConfig, OuterConfig
+
+# Data (original names).
+flags.DEFINE_string("data_path", "data/embeddings",
+                    "Folder holding <dataset_name>/<embedding_crop>/<split>_embeddings.pkl "
+                    "(the unzipped LEO embeddings, or `python -m leo_tf.synthetic` output).")
+flags.DEFINE_string("dataset_name", "miniImageNet",
+                    "miniImageNet, tieredImageNet, or another folder in the same layout "
+                    "(synthetic for the embedded default set).")
+flags.DEFINE_string("embedding_crop", "center", "center or multiview (miniImageNet only).")
+flags.DEFINE_boolean("train_on_val", False, "Meta-train on the train and val classes together.")
+flags.DEFINE_integer("num_classes", 5, "N, as in N-way classification.")
+flags.DEFINE_integer("num_tr_examples_per_class", 1, "K, as in K-shot: support examples per class.")
+flags.DEFINE_integer("num_val_examples_per_class", 15,
+                     "Query examples per class in meta-training (meta-validation and meta-test "
+                     "use every remaining image of each class).")
+
+# Model (original names).
+flags.DEFINE_integer("inner_unroll_length", 5, "Latent adaptation steps (0: no adaptation).")
+flags.DEFINE_integer("finetuning_unroll_length", 5, "Fine-tuning steps on the weights (0: none).")
+flags.DEFINE_integer("num_latents", 64, "n_z, the size of the latent code.")
+flags.DEFINE_float("inner_lr_init", 1.0, "Initial alpha, the learned latent-space learning rate.")
+flags.DEFINE_float("finetuning_lr_init", 0.001, "Initial eta, the learned fine-tuning rate.")
+flags.DEFINE_float("dropout_rate", 0.5, "Dropout on the features in meta-training.")
+flags.DEFINE_float("kl_weight", 0.001, "beta in the paper: weight of the KL term.")
+flags.DEFINE_float("encoder_penalty_weight", 1e-9, "gamma in the paper: weight of the encoder "
+                   "penalty ||stopgrad(z') - z||^2.")
+flags.DEFINE_float("l2_penalty_weight", 1e-8, "lambda_1 in the paper: weight of the L2 term.")
+flags.DEFINE_float("orthogonality_penalty_weight", 1e-3,
+                   "lambda_2 in the paper: weight of the decoder orthogonality penalty.")
+flags.DEFINE_enum("kl_estimator", "sample", KL_ESTIMATORS,
+                  "sample: the original's one-sample estimate; analytic: TFP's closed form.")
+flags.DEFINE_enum("ablation", "leo", ABLATIONS, "A row of the paper's table 2.")
+flags.DEFINE_integer("embedding_dim", 640, "D, the size of the features.")
+
+# Outer loop (original names).
+flags.DEFINE_integer("metatrain_batch_size", 12, "Tasks per meta-training step.")
+flags.DEFINE_integer("metavalid_batch_size", 200, "Tasks per meta-validation batch.")
+flags.DEFINE_integer("metatest_batch_size", 200, "Tasks per meta-test batch.")
+flags.DEFINE_integer("num_steps_limit", 100_000, "Meta-training steps.")
+flags.DEFINE_float("outer_lr", 1e-4, "Adam's learning rate in the outer loop.")
+flags.DEFINE_float("gradient_threshold", 0.1, "Clip each meta-gradient by value (<= 0: off).")
+flags.DEFINE_float("gradient_norm_threshold", 0.1, "Then clip each by norm (<= 0: off).")
+flags.DEFINE_string("checkpoint_path", "runs/leo",
+                    "Where checkpoints, TensorBoard summaries and results go.")
+flags.DEFINE_integer("checkpoint_steps", 1000, "Meta-validate and checkpoint every so many steps.")
+flags.DEFINE_boolean("evaluation_mode", False,
+                     "Evaluate the best checkpoint in checkpoint_path on meta-test; no training.")
+
+# New flags.
+flags.DEFINE_integer("seed", 0, "Seeds initialisation, sampling and episodes.")
+flags.DEFINE_boolean("jit_compile", True, "Compile the steps with XLA.")
+flags.DEFINE_integer("early_stopping_patience", 0,
+                     "Stop after so many meta-validations without improvement (0: never).")
+flags.DEFINE_integer("num_metavalid_tasks", 2000, "Tasks per meta-validation.")
+flags.DEFINE_integer("num_metatest_tasks", 10_000, "Tasks in the meta-test evaluation.")
+flags.DEFINE_integer("summary_steps", 10, "Write summaries and progress every so many steps.")
+flags.DEFINE_integer("eval_chunk_mb", 256, "Memory bound (MB of features) per evaluation chunk.")
+flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> trainer.RunConfig:
+  """The frozen run configuration that the flags describe."""
+  model = ModelConfig(
+      embedding_dim=FLAGS.embedding_dim, num_latents=FLAGS.num_latents,
+      inner_unroll_length=FLAGS.inner_unroll_length,
+      finetuning_unroll_length=FLAGS.finetuning_unroll_length,
+      inner_lr_init=FLAGS.inner_lr_init, finetuning_lr_init=FLAGS.finetuning_lr_init,
+      dropout_rate=FLAGS.dropout_rate, kl_weight=FLAGS.kl_weight,
+      encoder_penalty_weight=FLAGS.encoder_penalty_weight,
+      l2_penalty_weight=FLAGS.l2_penalty_weight,
+      orthogonality_penalty_weight=FLAGS.orthogonality_penalty_weight,
+      kl_estimator=FLAGS.kl_estimator).with_ablation(FLAGS.ablation)
+  data = DataConfig(
+      data_path=FLAGS.data_path, dataset_name=FLAGS.dataset_name,
+      embedding_crop=FLAGS.embedding_crop, train_on_val=FLAGS.train_on_val,
+      num_classes=FLAGS.num_classes, num_tr_examples_per_class=FLAGS.num_tr_examples_per_class,
+      num_val_examples_per_class=FLAGS.num_val_examples_per_class)
+  outer = OuterConfig(
+      metatrain_batch_size=FLAGS.metatrain_batch_size,
+      metavalid_batch_size=FLAGS.metavalid_batch_size,
+      metatest_batch_size=FLAGS.metatest_batch_size, num_steps_limit=FLAGS.num_steps_limit,
+      outer_lr=FLAGS.outer_lr, gradient_threshold=FLAGS.gradient_threshold,
+      gradient_norm_threshold=FLAGS.gradient_norm_threshold,
+      checkpoint_path=FLAGS.checkpoint_path, checkpoint_steps=FLAGS.checkpoint_steps,
+      num_metavalid_tasks=FLAGS.num_metavalid_tasks, num_metatest_tasks=FLAGS.num_metatest_tasks,
+      early_stopping_patience=FLAGS.early_stopping_patience, seed=FLAGS.seed,
+      jit_compile=FLAGS.jit_compile)
+  return trainer.RunConfig(model=model, data=data, outer=outer, summary_steps=FLAGS.summary_steps,
+                           eval_chunk_mb=FLAGS.eval_chunk_mb, progress=FLAGS.progress)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
+  try:
+    config = config_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    if FLAGS.evaluation_mode:
+      trainer.evaluate(config)
+    else:
+      trainer.train(config)
+  except (ValueError, FileNotFoundError) as e:
+    # Bad data or settings found at start (missing files, K + V larger than a
+    # class, N larger than the split, a checkpoint_path of another run, ...).
+    sys.exit(f"leo_tf.train: error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)
