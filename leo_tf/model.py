@@ -40,15 +40,7 @@ from leo_tf import inner_loops
 from leo_tf import objective
 from leo_tf import seeds
 from leo_tf.config import ModelConfig
-
-
-class ProblemInstance(NamedTuple):
-  """A batch of B few-shot tasks (the original's ProblemInstance, batched)."""
-
-  tr_input: tf.Tensor  # [B, N, K, D] float: support features, class n in row n
-  tr_output: tf.Tensor  # [B, N, K] int32: support labels (n in row n)
-  val_input: tf.Tensor  # [B, N, V, D] float: query features
-  val_output: tf.Tensor  # [B, N, V] int32: query labels
+from leo_tf.episodes import ProblemInstance  # [B, N, K, D], [B, N, K], [B, N, V, D], [B, N, V]
 
 
 class LEOOutputs(NamedTuple):
