@@ -103,26 +103,22 @@ def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int
   support_shape = tf.shape(support, out_type=tf.int64)  # [3]: N, K, D'
   query_shape = tf.shape(query, out_type=tf.int64)  # [2]: Q, D'
   checks = [
-      lambda: tf.debugging.assert_equal(
-          support_shape[2], tf.constant(d, tf.int64),
-          message=f"support must be [N, K, D] with D = {d}, the embedding size this model was "
-                  f"trained on; send embeddings of size {d}.",
-          data=["support shape:", support_shape]),
-      lambda: tf.debugging.assert_equal(
-          query_shape[1], tf.constant(d, tf.int64),
-          message=f"query must be [Q, D] with D = {d}, the embedding size this model was "
-                  f"trained on; send embeddings of size {d}.",
-          data=["query shape:", query_shape]),
-      lambda: tf.debugging.assert_greater(
-          support_shape[0] * support_shape[1], tf.constant(0, tf.int64),
-          message="support is empty (N = 0 classes or K = 0 examples per class); send "
-                  "[N, K, D] with N >= 2 classes and K >= 1 examples of each.",
-          data=["support shape:", support_shape]),
-      lambda: tf.debugging.assert_greater_equal(
-          support_shape[0], tf.constant(2, tf.int64),
-          message="support has fewer than 2 classes; a task needs N >= 2 classes, one per row "
-                  "of support [N, K, D].",
-          data=["support shape:", support_shape]),
+      lambda: tf.debugging.Assert(
+          tf.equal(support_shape[2], d),
+          [f"support must be [N, K, D] with D = {d}, the embedding size this model was trained "
+           f"on; send embeddings of size {d}.", "support shape:", support_shape]),
+      lambda: tf.debugging.Assert(
+          tf.equal(query_shape[1], d),
+          [f"query must be [Q, D] with D = {d}, the embedding size this model was trained on; "
+           f"send embeddings of size {d}.", "query shape:", query_shape]),
+      lambda: tf.debugging.Assert(
+          support_shape[0] * support_shape[1] > 0,
+          ["support is empty (N = 0 classes or K = 0 examples per class); send [N, K, D] with "
+           "N >= 2 classes and K >= 1 examples of each.", "support shape:", support_shape]),
+      lambda: tf.debugging.Assert(
+          support_shape[0] >= 2,
+          ["support has fewer than 2 classes; a task needs N >= 2 classes, one per row of "
+           "support [N, K, D].", "support shape:", support_shape]),
       lambda: tf.debugging.assert_all_finite(
           support, message="support contains NaN or Inf; send finite embeddings"),
       lambda: tf.debugging.assert_all_finite(
@@ -442,10 +438,12 @@ def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | N
             "(allow_duplicate=True) to write it as a new version anyway.")
 
   model = LEO(run_config.model, seed=run_config.outer.seed)
-  status = tf.train.Checkpoint(model=model).read(prefix).expect_partial()
   try:
-    status.assert_existing_objects_matched()
-  except AssertionError as e:
+    # read() is the counterpart of the trainer's write(); the optimizer, step and
+    # the rest of the training state in the checkpoint are not needed.
+    tf.train.Checkpoint(model=model).read(prefix).expect_partial(
+        ).assert_existing_objects_matched()
+  except (AssertionError, ValueError) as e:  # a variable missing, or of another shape
     raise ValueError(
         f"Checkpoint {prefix} does not hold the model that {config_file} describes "
         f"(embedding_dim={run_config.model.embedding_dim}, num_latents="
