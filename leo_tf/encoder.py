@@ -64,12 +64,18 @@ class RelationNetwork(keras.layers.Layer):
 
   def build(self, input_shape):
     fan_in = 2 * int(input_shape[-1])
-    self.kernels = []
     for i in range(self.num_layers):
       seed = None if self._seed is None else self._seed + i
-      self.kernels.append(self.add_weight(
+      # One attribute per kernel (w0, w1, ...): a Python list of variables on a
+      # Keras layer is not tracked by tf.train.Checkpoint.
+      setattr(self, f"w{i}", self.add_weight(
           name=f"w{i}", shape=(fan_in if i == 0 else self.units, self.units),
           initializer=keras.initializers.GlorotUniform(seed=seed)))
+
+  @property
+  def kernels(self) -> list:
+    """The layers' kernels [2 n_z, H], [H, H], ..., in order."""
+    return [getattr(self, f"w{i}") for i in range(self.num_layers)]
 
   def call(self, codes):
     """codes: [B, N, K, n_z] -> per-example relation outputs [B, N, K, 2 n_z].

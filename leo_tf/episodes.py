@@ -165,7 +165,20 @@ class EpisodeSampler:
 
   def sample(self, step: int, batch_size: int) -> ProblemInstance:
     """Returns the numpy ProblemInstance of step `step` (see sample_indices)."""
-    indices = self.sample_indices(step, batch_size)  # [B, N, K+V]
+    return self.gather(self.sample_indices(step, batch_size))
+
+  def sample_tasks(self, first_task: int, num_tasks: int) -> ProblemInstance:
+    """Tasks first_task .. first_task + num_tasks - 1, task t being step t's single task.
+
+    Task t does not depend on how the tasks are grouped, so an evaluation over
+    num_tasks tasks sees the same tasks whatever its chunk size.
+    """
+    indices = np.concatenate([self.sample_indices(first_task + t, 1)
+                              for t in range(num_tasks)], axis=0)  # [num_tasks, N, K+V]
+    return self.gather(indices)
+
+  def gather(self, indices: np.ndarray) -> ProblemInstance:
+    """The ProblemInstance of image rows `indices` int [B, N, K + V] (first K: support)."""
     k, d = self.num_tr_examples_per_class, self.split.embedding_dim
     b, n, per_class = indices.shape
     tr_input = np.take(self._embeddings, indices[:, :, :k].reshape(-1), axis=0)  # [B*N*K, D]
@@ -216,18 +229,18 @@ def iterate_tasks(sampler: EpisodeSampler, num_tasks: int,
                   chunk_size: int) -> Iterator[ProblemInstance]:
   """Yields num_tasks tasks as numpy chunks of at most chunk_size tasks.
 
-  Chunk c is sampler.sample(c, min(chunk_size, tasks left)), so peak memory is
-  bounded by chunk_size whatever num_tasks (for evaluation with every
-  remaining image as a query).
+  The tasks are sampler.sample_tasks(0, num_tasks) in order: the same tasks for
+  every chunk size. Peak memory is bounded by chunk_size whatever num_tasks
+  (for evaluation with every remaining image as a query).
   """
   if int(num_tasks) != num_tasks or num_tasks < 0:
     raise ValueError(f"num_tasks must be an integer >= 0, got {num_tasks!r}.")
   if int(chunk_size) != chunk_size or chunk_size < 1:
     raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
-  step = 0
+  first = 0
   remaining = int(num_tasks)
   while remaining > 0:
     size = min(int(chunk_size), remaining)
-    yield sampler.sample(step, size)
+    yield sampler.sample_tasks(first, size)
     remaining -= size
-    step += 1
+    first += size

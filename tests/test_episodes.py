@@ -159,8 +159,10 @@ def test_iterate_tasks_yields_exact_count_in_chunks():
   sampler = episodes.EpisodeSampler(_split([10] * 6), 5, 1, 9, 0, "test")
   chunks = list(episodes.iterate_tasks(sampler, num_tasks=23, chunk_size=10))
   assert [c.tr_input.shape[0] for c in chunks] == [10, 10, 3]
-  for step, chunk in enumerate(chunks):
-    expected = sampler.sample(step, chunk.tr_input.shape[0])
+  first = 0
+  for chunk in chunks:
+    expected = sampler.sample_tasks(first, chunk.tr_input.shape[0])
+    first += chunk.tr_input.shape[0]
     for got, want in zip(chunk, expected):
       np.testing.assert_array_equal(got, want)
   assert [c.tr_input.shape[0] for c in episodes.iterate_tasks(sampler, 20, 10)] == [10, 10]
@@ -191,3 +193,16 @@ def test_bench_data_run_reports_every_case():
   assert results[1]["num_tasks"] == 5 and results[1]["num_val_examples_per_class"] == 24
   assert results[2]["num_batches"] == 3
   assert "eval_chunks" in bench_data.format_table(results)
+
+
+def test_iterate_tasks_gives_the_same_tasks_for_every_chunk_size():
+  sampler = episodes.EpisodeSampler(_split([6, 5, 7, 6]), 3, 1, 2, seed=4, stream="test")
+  by_size = {}
+  for chunk_size in (1, 3, 7, 20):
+    chunks = list(episodes.iterate_tasks(sampler, num_tasks=17, chunk_size=chunk_size))
+    by_size[chunk_size] = np.concatenate([c.val_input for c in chunks], axis=0)
+    assert by_size[chunk_size].shape[0] == 17
+  for chunk_size in (3, 7, 20):
+    np.testing.assert_array_equal(by_size[chunk_size], by_size[1])
+  single = sampler.sample(5, 1)
+  np.testing.assert_array_equal(sampler.sample_tasks(5, 1).tr_input, single.tr_input)
