@@ -218,7 +218,11 @@ class ServingModule(tf.Module):
 
 
 def checkpoint_sha256(prefix: str) -> str:
-  """SHA-256 of a checkpoint's files (<prefix>.index and <prefix>.data-*), in name order."""
+  """SHA-256 of a checkpoint's files (<prefix>.index and <prefix>.data-*), in name order.
+
+  Only the contents and the suffixes after the prefix count, so a copied or
+  renamed checkpoint has the same digest.
+  """
   files = sorted(glob.glob(glob.escape(prefix) + ".data-*"))
   index = prefix + ".index"
   if not os.path.isfile(index) or not files:
@@ -227,7 +231,7 @@ def checkpoint_sha256(prefix: str) -> str:
         "prefix that tf.train.Checkpoint wrote, e.g. runs/leo/best/ckpt-1000.")
   digest = hashlib.sha256()
   for path in [index, *files]:
-    digest.update(os.path.basename(path).encode("utf-8") + b"\0")
+    digest.update(path[len(prefix):].encode("utf-8") + b"\0")  # ".index", ".data-..."
     with open(path, "rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
@@ -444,10 +448,13 @@ def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | N
     tf.train.Checkpoint(model=model).read(prefix).expect_partial(
         ).assert_existing_objects_matched()
   except (AssertionError, ValueError) as e:  # a variable missing, or of another shape
+    missing = re.findall(r"path=([^,\s]+)", str(e))  # the message prints their values too
+    detail = f"not in the checkpoint: {', '.join(missing)}" if missing else str(e)[:500]
     raise ValueError(
         f"Checkpoint {prefix} does not hold the model that {config_file} describes "
         f"(embedding_dim={run_config.model.embedding_dim}, num_latents="
-        f"{run_config.model.num_latents}); export it with its own run folder. ({e})") from None
+        f"{run_config.model.num_latents}); export it with its own run folder ({detail}).",
+    ) from None
   source = {
       "checkpoint_path": os.path.abspath(checkpoint_path),
       "checkpoint": os.path.abspath(prefix),
@@ -463,6 +470,9 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
   f = flags.FLAGS
   try:
     version_dir = export_checkpoint(f.checkpoint_path, f.export_dir, f.checkpoint or None,

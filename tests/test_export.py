@@ -9,6 +9,7 @@ so that adaptation changes the answer.
 """
 
 import dataclasses
+import glob
 import hashlib
 import importlib.util
 import json
@@ -428,6 +429,13 @@ def test_exporting_again_never_overwrites(exported, tmp_path):
 
   with pytest.raises(FileExistsError, match=r"Version 1 .* already holds checkpoint"):
     export.export_checkpoint(exported.run_dir, base)
+  # A copy under another name is the same checkpoint (same contents).
+  copy = os.path.join(exported.run_dir, "copy", "renamed")
+  os.makedirs(os.path.dirname(copy))
+  for path in [exported.prefix + ".index", *glob.glob(exported.prefix + ".data-*")]:
+    shutil.copy(path, copy + path[len(exported.prefix):])
+  with pytest.raises(FileExistsError, match=r"Version 1 .* already holds checkpoint"):
+    export.export_checkpoint(exported.run_dir, base, checkpoint=copy)
   assert export.versions(base) == [1]
 
   # Another checkpoint of the run, named explicitly, becomes version 2.
@@ -449,11 +457,28 @@ def test_exporting_again_never_overwrites(exported, tmp_path):
   assert np.abs(old["probabilities"] - new["probabilities"]).max() > 1e-3  # new weights
 
 
-def test_checkpoint_of_another_model_is_refused(exported, tmp_path):
+def _partial_checkpoint(config, path):
+  """A checkpoint whose model lacks the relation network."""
+  model = LEO(config.model)
+  partial = tf.Module()
+  partial.encoder, partial.decoder = model.encoder, model.decoder
+  partial.inner_lr, partial.finetuning_lr = model.inner_lr, model.finetuning_lr
+  return tf.train.Checkpoint(model=partial).write(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other_sizes", r"does not hold the model .*incompatible tensor with shape \(8, 64\)"),
+    ("missing_variables", r"does not hold the model .*not in the checkpoint: .*relation_network/w"),
+], ids=["other_sizes", "missing_variables"])
+def test_checkpoint_of_another_model_is_refused(exported, tmp_path, case, message):
   run_dir = str(tmp_path / "run")
-  config = dataclasses.replace(
-      _run_config(run_dir), model=dataclasses.replace(_run_config(run_dir).model, num_latents=4))
+  config = _run_config(run_dir)
+  if case == "other_sizes":
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_latents=4))
+    checkpoint = exported.prefix
+  else:
+    checkpoint = _partial_checkpoint(config, str(tmp_path / "partial" / "ckpt-1"))
   trainer.write_json_atomically(os.path.join(run_dir, "config.json"), config.to_dict())
-  with pytest.raises(ValueError, match=r"does not hold the model"):
-    export.export_checkpoint(run_dir, str(tmp_path / "leo"), checkpoint=exported.prefix)
-  assert not os.path.exists(tmp_path / "leo" / "1")
+  with pytest.raises(ValueError, match=message):
+    export.export_checkpoint(run_dir, str(tmp_path / "leo"), checkpoint=checkpoint)
+  assert export.versions(str(tmp_path / "leo")) == []
