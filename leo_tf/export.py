@@ -52,6 +52,7 @@ import re
 import shutil
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -193,28 +194,51 @@ def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
   }
 
 
+def _tf_variable(variable) -> tf.Variable:
+  """The tf.Variable that a Keras 3 variable holds (a tf.Variable is returned as is)."""
+  if isinstance(variable, keras.Variable):
+    return variable.value  # the backend's tf.Variable, which the traced functions read
+  return variable
+
+
 class ServingModule(tf.Module):
-  """What is saved: the model's variables and the two signature functions."""
+  """What is saved: the two signature functions and the tf.Variables they read.
+
+  The LEO is deliberately not an attribute. Tracked through its Keras layers,
+  each Keras 3 variable is exported as a new copy of the tf.Variable it holds
+  (keras Variable._export_to_saved_model_graph), and the SavedModel's saver
+  restores the copy while the functions read the original: TF2's Python loader
+  copes, but a TF1-style loader (TF Serving, `saved_model_cli run`) leaves the
+  variables the functions read uninitialised. Tracking the tf.Variables
+  themselves, as keras.export.ExportArchive does, gives one variable each.
+  """
 
   def __init__(self, model: LEO):
     super().__init__(name="leo_serving")
-    self.model = model
+    # Keys are the variables' paths ("relation_network/w0" -> "relation_network-w0").
+    self.served_variables = {
+        getattr(v, "path", v.name.split(":")[0]).replace("/", "-"): _tf_variable(v)
+        for v in model.meta_variables}
+    embedding_dim = model.config.embedding_dim
 
-  def _run(self, support: tf.Tensor, query: tf.Tensor, adapt: bool) -> dict[str, tf.Tensor]:
-    support, query = check_request(support, query, self.model.config.embedding_dim)
-    support = tf.nn.l2_normalize(support, axis=-1)  # [N, K, D], as embeddings.l2_normalize_rows
-    query = tf.nn.l2_normalize(query, axis=-1)  # [Q, D]
-    return classify(self.model, support, query, adapt=adapt)
+    def run(support: tf.Tensor, query: tf.Tensor, adapt: bool) -> dict[str, tf.Tensor]:
+      support, query = check_request(support, query, embedding_dim)
+      support = tf.nn.l2_normalize(support, axis=-1)  # [N, K, D], as embeddings.l2_normalize_rows
+      query = tf.nn.l2_normalize(query, axis=-1)  # [Q, D]
+      return classify(model, support, query, adapt=adapt)
 
-  @tf.function(input_signature=_INPUT_SIGNATURE, jit_compile=False)
-  def adapt_and_classify(self, support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
-    """serving_default: support [N, K, D], query [Q, D] -> outputs (module docstring)."""
-    return self._run(support, query, adapt=True)
+    @tf.function(input_signature=_INPUT_SIGNATURE, jit_compile=False)
+    def adapt_and_classify(support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
+      """serving_default: support [N, K, D], query [Q, D] -> outputs (module docstring)."""
+      return run(support, query, adapt=True)
 
-  @tf.function(input_signature=_INPUT_SIGNATURE, jit_compile=False)
-  def generate(self, support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
-    """generate: the same without latent adaptation and fine-tuning."""
-    return self._run(support, query, adapt=False)
+    @tf.function(input_signature=_INPUT_SIGNATURE, jit_compile=False)
+    def generate(support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
+      """generate: the same without latent adaptation and fine-tuning."""
+      return run(support, query, adapt=False)
+
+    self.adapt_and_classify = adapt_and_classify
+    self.generate = generate
 
 
 def checkpoint_sha256(prefix: str) -> str:

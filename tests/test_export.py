@@ -137,20 +137,49 @@ def _call(loaded, signature, support, query):
   return {name: value.numpy() for name, value in outputs.items()}
 
 
+# Loads the export twice, in a process that never imports leo_tf: with TF2's
+# tf.saved_model.load, and as TF Serving does (a TF1 session: restore the
+# variables, run the signature's tensors by name), which also replays the
+# warmup records.
 _FRESH_PROCESS = """
+import os
 import sys
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 version_dir, inputs_path, outputs_path = sys.argv[1:]
-loaded = tf.saved_model.load(version_dir)
 results = {}
 with np.load(inputs_path) as data:
-  for i in range(int(data["num_tasks"])):
+  tasks = [(data[f"support{i}"], data[f"query{i}"]) for i in range(int(data["num_tasks"]))]
+warmup = [prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+          for record in tf.data.TFRecordDataset(
+              os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests"))]
+
+loaded = tf.saved_model.load(version_dir)
+for i, (support, query) in enumerate(tasks):
+  for signature in ("serving_default", "generate"):
+    outputs = loaded.signatures[signature](support=tf.constant(support), query=tf.constant(query))
+    for name, value in outputs.items():
+      results[f"tf2/{signature}/{i}/{name}"] = value.numpy()
+
+with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+  meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], version_dir)
+
+  def run(signature, inputs):
+    signature_def = meta_graph.signature_def[signature]
+    feeds = {signature_def.inputs[name].name: value for name, value in inputs.items()}
+    names = sorted(signature_def.outputs)
+    values = session.run([signature_def.outputs[name].name for name in names], feeds)
+    return dict(zip(names, values))
+
+  for i, (support, query) in enumerate(tasks):
     for signature in ("serving_default", "generate"):
-      outputs = loaded.signatures[signature](support=tf.constant(data[f"support{i}"]),
-                                             query=tf.constant(data[f"query{i}"]))
-      for name, value in outputs.items():
-        results[f"{signature}/{i}/{name}"] = value.numpy()
+      for name, value in run(signature, {"support": support, "query": query}).items():
+        results[f"session/{signature}/{i}/{name}"] = value
+  for j, request in enumerate(warmup):
+    inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+    results[f"warmup/{j}"] = run(request.model_spec.signature_name, inputs)["probabilities"]
+
 results["leo_tf_modules"] = np.array(
     sorted(m for m in sys.modules if m == "leo_tf" or m.startswith("leo_tf.")), dtype=str)
 np.savez(outputs_path, **results)
@@ -177,24 +206,29 @@ def test_round_trip_in_a_process_without_leo_tf(exported, tmp_path):
   for i, ((support, query), (n, k, v)) in enumerate(zip(tasks, TASKS)):
     for signature, model in (("serving_default", exported.model), ("generate", generator)):
       reference = _reference(model, support, query, v)
-      got = {name: served[f"{signature}/{i}/{name}"] for name in
-             ("probabilities", "classes", "classifier_weights", "adapted_latents")}
-      assert got["probabilities"].shape == (n * v, n)
-      assert got["probabilities"].dtype == np.float32
-      assert got["classes"].dtype == np.int64
-      np.testing.assert_allclose(got["probabilities"], reference["probabilities"], atol=1e-5)
-      np.testing.assert_array_equal(got["classes"], reference["classes"])
-      np.testing.assert_allclose(got["classifier_weights"], reference["classifier_weights"],
-                                 atol=1e-5)
-      # The K copies of a class's code are equal in evaluation; copy 0 is served.
-      latents = reference["latents"]  # [N, K, n_z]
-      np.testing.assert_allclose(latents, np.broadcast_to(latents[:, :1], latents.shape),
-                                 atol=1e-6)
-      np.testing.assert_allclose(got["adapted_latents"], latents[:, 0], atol=1e-5)
+      for loader in ("tf2", "session"):
+        got = {name: served[f"{loader}/{signature}/{i}/{name}"] for name in
+               ("probabilities", "classes", "classifier_weights", "adapted_latents")}
+        assert got["probabilities"].shape == (n * v, n)
+        assert got["probabilities"].dtype == np.float32
+        assert got["classes"].dtype == np.int64
+        np.testing.assert_allclose(got["probabilities"], reference["probabilities"], atol=1e-5)
+        np.testing.assert_array_equal(got["classes"], reference["classes"])
+        np.testing.assert_allclose(got["classifier_weights"], reference["classifier_weights"],
+                                   atol=1e-5)
+        # The K copies of a class's code are equal in evaluation; copy 0 is served.
+        latents = reference["latents"]  # [N, K, n_z]
+        np.testing.assert_allclose(latents, np.broadcast_to(latents[:, :1], latents.shape),
+                                   atol=1e-6)
+        np.testing.assert_allclose(got["adapted_latents"], latents[:, 0], atol=1e-5)
     # Adaptation changes the answer, so the two signatures are told apart above.
-    difference = np.abs(served[f"serving_default/{i}/probabilities"]
-                        - served[f"generate/{i}/probabilities"]).max()
+    difference = np.abs(served[f"tf2/serving_default/{i}/probabilities"]
+                        - served[f"tf2/generate/{i}/probabilities"]).max()
     assert difference > 1e-3
+  for j in range(4):  # the warmup requests, replayed in the session
+    probabilities = served[f"warmup/{j}"]
+    assert probabilities.shape == (75, 5)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), np.ones(75), atol=1e-5)
 
 
 def test_command_line_reports_and_records_the_source(exported):
@@ -243,7 +277,7 @@ def test_saved_model_cli_lists_dynamic_signatures(exported):
     assert signatures[name] == ("tensorflow/serving/predict", expected), name
 
 
-def test_graphs_are_not_xla_compiled_and_deterministic(exported):
+def test_graph_has_no_xla_one_handle_per_variable_and_is_deterministic(exported):
   saved_model = saved_model_pb2.SavedModel()
   with open(os.path.join(exported.version_dir, "saved_model.pb"), "rb") as f:
     saved_model.ParseFromString(f.read())
@@ -251,6 +285,11 @@ def test_graphs_are_not_xla_compiled_and_deterministic(exported):
   must_compile = [function.attr["_XlaMustCompile"].b for function in graph.library.function
                   if "_XlaMustCompile" in function.attr]
   assert must_compile and not any(must_compile)  # the attribute is there, and False
+  # One variable per model variable: Keras would add restored copies that the
+  # functions do not read (see export.ServingModule).
+  handles = sorted(node.attr["shared_name"].s.decode() for node in graph.node
+                   if node.op == "VarHandleOp")
+  assert len(handles) == len(exported.model.meta_variables), handles
   ops = {node.op for node in graph.node}
   ops.update(node.op for function in graph.library.function for node in function.node_def)
   assert not {op for op in ops if "Xla" in op}, ops
