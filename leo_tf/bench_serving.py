@@ -41,6 +41,9 @@ def latest_version_dir(export_dir: str) -> str:
   """<export_dir>/<highest version>, or export_dir itself if it holds saved_model.pb."""
   if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
     return export_dir
+  if not os.path.isdir(export_dir):
+    raise FileNotFoundError(f"--export_dir {export_dir!r} is not a folder; pass the model base "
+                            "path that python -m leo_tf.export wrote, or a version in it.")
   found = sorted(int(name) for name in os.listdir(export_dir)
                  if re.fullmatch(r"[0-9]+", name) and os.path.isdir(os.path.join(export_dir, name)))
   if not found:
@@ -169,7 +172,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
   f = flags.FLAGS
-  results = run_benchmark(f.export_dir or None, f.num_calls, f.num_warmup, f.num_threads)
+  try:
+    results = run_benchmark(f.export_dir or None, f.num_calls, f.num_warmup, f.num_threads)
+  except FileNotFoundError as e:
+    raise SystemExit(f"leo_tf.bench_serving: error: {e}") from None
   for r in results:
     print(json.dumps(r, sort_keys=True))
   print(format_table(results))

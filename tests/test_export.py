@@ -24,10 +24,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
 
 from leo_tf import embeddings
 from leo_tf import export
@@ -402,6 +404,10 @@ def test_grpc_client_against_a_stand_in_server(exported):
       assert sorted(outputs) == sorted(direct)
       for name in direct:
         np.testing.assert_array_equal(outputs[name], direct[name])
+    with pytest.raises(grpc.RpcError) as error:
+      grpc_client.predict(f"localhost:{port}", grpc_client.make_request(support[:1], query))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a task needs N >= 2 classes" in error.value.details()
   finally:
     server.stop(grace=None)
 
@@ -521,3 +527,12 @@ def test_checkpoint_of_another_model_is_refused(exported, tmp_path, case, messag
   with pytest.raises(ValueError, match=message):
     export.export_checkpoint(run_dir, str(tmp_path / "leo"), checkpoint=checkpoint)
   assert export.versions(str(tmp_path / "leo")) == []
+
+
+def test_models_config_parses_for_the_exported_layout():
+  with open(os.path.join(REPO, "export", "models.config")) as f:
+    config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+  (model,) = config.model_config_list.config
+  assert (model.name, model.base_path, model.model_platform) == ("leo", "/models/leo",
+                                                                 "tensorflow")
+  assert model.model_version_policy.latest.num_versions == 1
