@@ -76,6 +76,9 @@ flags.DEFINE_integer("num_metatest_tasks", 10_000, "Tasks in the meta-test evalu
 flags.DEFINE_integer("summary_steps", 10, "Write summaries and progress every so many steps.")
 flags.DEFINE_integer("eval_chunk_mb", 256, "Memory bound (MB of features) per evaluation chunk.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_string("export_dir", None,
+                    "If set, export the best checkpoint at the end of training as a SavedModel "
+                    "version under this TF Serving model base path (python -m leo_tf.export).")
 
 FLAGS = flags.FLAGS
 
@@ -125,6 +128,10 @@ def main(argv):
       trainer.evaluate(config)
     else:
       trainer.train(config)
+      if FLAGS.export_dir:
+        from leo_tf import export  # pylint: disable=g-import-not-at-top
+        version_dir = export.export_checkpoint(FLAGS.checkpoint_path, FLAGS.export_dir)
+        print(f"Exported the best checkpoint to {version_dir}", flush=True)
   except (ValueError, FileNotFoundError) as e:
     # Bad data or settings found at start (missing files, K + V larger than a
     # class, N larger than the split, a checkpoint_path of another run, ...).
