@@ -5,7 +5,8 @@ whole and are never overwritten.
 
 One export (through the command line) is shared by the module; the model is a
 small LEO (D = 32, n_z = 8) whose variables are moved off their initial values
-so that adaptation changes the answer.
+so that adaptation changes the answer. One more test exports a run that
+trainer.train wrote (4 steps on a tiny synthetic set).
 """
 
 import dataclasses
@@ -33,8 +34,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from leo_tf import embeddings
 from leo_tf import export
+from leo_tf import synthetic
 from leo_tf import trainer
-from leo_tf.config import ModelConfig, OuterConfig
+from leo_tf.config import DataConfig, ModelConfig, OuterConfig
 from leo_tf.model import LEO, ProblemInstance
 
 D, NZ = 32, 8
@@ -536,3 +538,31 @@ def test_models_config_parses_for_the_exported_layout():
   assert (model.name, model.base_path, model.model_platform) == ("leo", "/models/leo",
                                                                  "tensorflow")
   assert model.model_version_policy.latest.num_versions == 1
+
+
+def test_export_of_a_run_that_trainer_train_wrote(tmp_path):
+  data_path = str(tmp_path / "embeddings")
+  synthetic.generate(synthetic.SyntheticConfig(
+      num_train_classes=8, num_val_classes=6, num_test_classes=6, images_per_class=30,
+      embedding_dim=D, signal_dim=8, nuisance_dim=8), data_path, num_eval_tasks=10)
+  run_dir = str(tmp_path / "run")
+  config = trainer.RunConfig(
+      model=ModelConfig(embedding_dim=D, num_latents=NZ, inner_unroll_length=2,
+                        finetuning_unroll_length=2),
+      data=DataConfig(data_path=data_path, dataset_name="synthetic",
+                      num_val_examples_per_class=5),
+      outer=OuterConfig(num_steps_limit=4, checkpoint_steps=2, num_metavalid_tasks=10,
+                        num_metatest_tasks=10, metatrain_batch_size=2, checkpoint_path=run_dir,
+                        jit_compile=False),
+      progress=False)
+  trainer.train(config)
+  version_dir = export.export_checkpoint(run_dir, str(tmp_path / "leo"))
+  prefix, record = trainer.best_checkpoint(run_dir)
+  source = export.read_export_config(version_dir)["source"]
+  assert (source["checkpoint"], source["step"]) == (os.path.abspath(prefix), record["step"])
+  model = LEO(config.model)
+  tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+  support, query = _task(5, 1, 10, seed=16)
+  served = _call(tf.saved_model.load(version_dir), "serving_default", support, query)
+  reference = _reference(model, support, query, num_val=2)
+  np.testing.assert_allclose(served["probabilities"], reference["probabilities"], atol=1e-5)
