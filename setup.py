@@ -18,6 +18,8 @@ setuptools.setup(
         "absl-py>=2.1,<3",
         # tf.summary needs TensorBoard, which TensorFlow 2.21 no longer pulls in.
         "tensorboard>=2.19",
+        # Warmup records (PredictionLog) for TF Serving, written by leo_tf.export.
+        "tensorflow-serving-api~=2.21.0",
         # TFDS 4.9 needs it to prepare a dataset but does not declare it (tensorflow/datasets#11212).
         "importlib_resources",
     ],

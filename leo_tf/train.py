@@ -132,7 +132,7 @@ def main(argv):
         from leo_tf import export  # pylint: disable=g-import-not-at-top
         version_dir = export.export_checkpoint(FLAGS.checkpoint_path, FLAGS.export_dir)
         print(f"Exported the best checkpoint to {version_dir}", flush=True)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:
     # Bad data or settings found at start (missing files, K + V larger than a
     # class, N larger than the split, a checkpoint_path of another run, ...).
     sys.exit(f"leo_tf.train: error: {e}")
