@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from leo_tf import seeds
 
 
 def logits(inputs: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
@@ -41,9 +40,14 @@ def accuracy(logits_: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
   return tf.reduce_mean(correct, axis=[1, 2])
 
 
-def inner_loss(inputs: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, *, dropout_rate: float,
-               training: bool, seed: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
-  """Per-example loss [B, N, M] and logits [B, N, M, N] of `weights` on a set."""
-  inputs = seeds.dropout(inputs, dropout_rate, training=training, seed=seed)
+def inner_loss(inputs: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
+               keep_mask: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+  """Per-example loss [B, N, M] and logits [B, N, M, N] of `weights` on a set.
+
+  keep_mask [B, N, M, D], when given, is the dropout multiplier applied to the
+  inputs (meta-training only, as the original).
+  """
+  if keep_mask is not None:
+    inputs = inputs * keep_mask
   outputs = logits(inputs, weights)
   return cross_entropy(outputs, labels), outputs

@@ -29,23 +29,30 @@ def gaussian_from_params(params: tf.Tensor, stddev_offset: float = 0.0) -> tfd.N
 
 
 def possibly_sample(distribution: tfd.Normal, *, training: bool, deterministic: bool,
-                    seed: tf.Tensor | None) -> tf.Tensor:
-  """A reparameterised sample in meta-training, the mean otherwise.
+                    noise: tf.Tensor | None) -> tf.Tensor:
+  """A reparameterised sample mu + sigma * eps in meta-training, the mean otherwise.
 
   Args:
     distribution: a tfd.Normal with batch shape [..., d].
     training: meta-training (sample) or evaluation (mean).
     deterministic: the paper's deterministic ablation: always the mean.
-    seed: stateless seed, int32 [2]; required when a sample is drawn.
+    noise: eps ~ N(0, I), [..., d] (standard_normal); required when sampling.
 
   Returns:
     [..., d] tensor.
   """
   if not training or deterministic:
     return distribution.loc
-  if seed is None:
-    raise ValueError("possibly_sample needs a stateless seed (int32 [2]) in meta-training.")
-  return distribution.sample(seed=seed)
+  if noise is None:
+    raise ValueError("possibly_sample needs noise eps ~ N(0, I) (standard_normal) in "
+                     "meta-training.")
+  return distribution.loc + distribution.scale * noise
+
+
+def standard_normal(shape, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
+  """eps ~ N(0, I) of `shape`, drawn by TFP with a stateless int32 [2] seed."""
+  standard = tfd.Normal(loc=tf.zeros([], dtype), scale=tf.ones([], dtype))
+  return standard.sample(shape, seed=seed)
 
 
 def sample_with_noise(distribution: tfd.Normal, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from leo_tf import seeds
-
 
 def _require_training(training) -> bool:
   if training is None:
@@ -38,10 +36,18 @@ class Encoder(keras.layers.Layer):
     self.kernel = self.add_weight(name="w", shape=(int(input_shape[-1]), self.num_latents),
                                   initializer=self._initializer)
 
-  def call(self, inputs, training=None, seed=None):
-    """inputs: [B, N, K, D] -> codes [B, N, K, n_z]."""
+  def call(self, inputs, training=None, keep_mask=None):
+    """inputs: [B, N, K, D] -> codes [B, N, K, n_z].
+
+    In meta-training, keep_mask [B, N, K, D] is the dropout multiplier
+    (seeds.dropout_keep_mask at self.dropout_rate); it is required then.
+    """
     training = _require_training(training)
-    inputs = seeds.dropout(inputs, self.dropout_rate, training=training, seed=seed)
+    if training:
+      if keep_mask is None:
+        raise ValueError("Encoder in meta-training needs keep_mask, the dropout multiplier "
+                         "(seeds.dropout_keep_mask(tf.shape(inputs), dropout_rate, seed)).")
+      inputs = inputs * keep_mask  # dropout on the features
     return tf.einsum("bnkd,dz->bnkz", inputs, self.kernel)  # [B, N, K, D] -> [B, N, K, n_z]
 
 

@@ -174,8 +174,7 @@ def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
 
   def loss_fn(w, i):
     del i  # no dropout in evaluation
-    return classifier.inner_loss(tr_input, tr_output, w, dropout_rate=c.dropout_rate,
-                                 training=False, seed=None)[0]  # [1, N, K]
+    return classifier.inner_loss(tr_input, tr_output, w)[0]  # [1, N, K]
 
   latents, weights, _ = inner_loops.leo_inner_loop(
       latents, model.inner_lr, decode_fn, loss_fn,

@@ -8,7 +8,7 @@
 
 Every call is vectorised over a batch of B tasks of the same N and K; there is no
 Python loop and no map over tasks. `training` is an explicit argument of every
-call: meta-training samples codes and weights (TFP, stateless seeds) and applies
+call: meta-training samples codes and weights (TFP, stateless seeds; see Noise) and applies
 dropout; evaluation uses the means, no dropout, no KL and no encoder penalty.
 
 Where the original code (deepmind/leo, model.py) settles what the paper leaves
@@ -20,7 +20,7 @@ open, this follows it:
     classifier, in meta-training only;
   - the inner gradients are those of the summed (not averaged) support loss;
   - the first fine-tuning gradient is taken on the loss that ended latent
-    adaptation (here recomputed with the same dropout seed: the same value);
+    adaptation (here recomputed with the same dropout mask: the same value);
   - the KL is a one-sample estimate averaged over entries (an analytic KL is
     selectable), the encoder penalty a mean squared difference.
 """
@@ -55,6 +55,22 @@ class LEOOutputs(NamedTuple):
   adapted_latents: tf.Tensor  # [B, N, K, n_z] codes after latent adaptation
   classifier_weights: tf.Tensor  # [B, N, D] class weights after fine-tuning (mean over K)
   val_logits: tf.Tensor  # [B, N, V, N]
+
+
+class Noise(NamedTuple):
+  """Every random draw of one meta-training pass over B tasks.
+
+  Drawn by LEO.draw_noise from one stateless seed with TF's and TFP's kernels,
+  outside the XLA-compiled step (see outer.make_train_step), then consumed by
+  LEO.__call__. The same seed gives the same numbers with XLA on or off.
+  """
+
+  encoder_keep: tf.Tensor  # [B, N, K, D] dropout multiplier on the encoder's input
+  latent_eps: tf.Tensor  # [B, N, K, n_z] eps of the sampled codes
+  weight_eps: tf.Tensor  # [T + 1, B, N, K, D] eps of the weights decoded after step t
+  support_keep: tf.Tensor  # [T + F + 1, B, N, K, D] dropout multipliers of the support
+                           # loss evaluations (LEO steps 0..T, then fine-tuning)
+  query_keep: tf.Tensor  # [B, N, V, D] dropout multiplier of the queries
 
 
 def validate_problem(problem: ProblemInstance, embedding_dim: int) -> None:
@@ -141,14 +157,24 @@ class LEO(tf.Module):
     """Everything the outer loop trains, in a fixed order."""
     return [*self.regularized_kernels, self.inner_lr, self.finetuning_lr]
 
-  def num_seeds(self) -> int:
-    """How many stateless seeds one meta-training forward pass consumes."""
+  def draw_noise(self, problem: ProblemInstance, seed: tf.Tensor) -> Noise:
+    """All random draws of a meta-training pass on `problem`, from an int32 [2] seed."""
     c = self.config
-    # encoder (dropout + code sample), queries' dropout, one per decoding, one per
-    # support-loss evaluation.
-    return 2 + (c.inner_unroll_length + 1) + (c.inner_unroll_length + c.finetuning_unroll_length + 1)
+    dtype = self.dtype
+    tr_shape = tf.shape(problem.tr_input)  # [B, N, K, D]
+    val_shape = tf.shape(problem.val_input)  # [B, N, V, D]
+    t, f = c.inner_unroll_length, c.finetuning_unroll_length
+    s = seeds.split_seed(seed, 5)
+    code_shape = tf.concat([tr_shape[:3], [c.num_latents]], 0)  # [B, N, K, n_z]
+    return Noise(
+        encoder_keep=seeds.dropout_keep_mask(tr_shape, c.dropout_rate, s[0], dtype),
+        latent_eps=distributions.standard_normal(code_shape, s[1], dtype),
+        weight_eps=distributions.standard_normal(tf.concat([[t + 1], tr_shape], 0), s[2], dtype),
+        support_keep=seeds.dropout_keep_mask(tf.concat([[t + f + 1], tr_shape], 0),
+                                             c.dropout_rate, s[3], dtype),
+        query_keep=seeds.dropout_keep_mask(val_shape, c.dropout_rate, s[4], dtype))
 
-  def encode(self, tr_input: tf.Tensor, *, training: bool, seed: tf.Tensor | None = None,
+  def encode(self, tr_input: tf.Tensor, *, training: bool, noise: Noise | None = None,
              ) -> tuple[tf.Tensor, tf.Tensor]:
     """q(z | D^tr): support features [B, N, K, D] -> (codes [B, N, K, n_z], KL [B]).
 
@@ -158,74 +184,67 @@ class LEO(tf.Module):
     c = self.config
     batch_shape = tf.shape(tr_input)[:3]
     zero_kl = tf.zeros(batch_shape[:1], self.dtype)
-    dropout_seed = sample_seed = None
-    if training:
-      dropout_seed, sample_seed = seeds.split_seed(seed, 2)
     if c.random_prior:
       # Ablation: the codes come from the prior N(0, I), not from the data.
       if not training or c.deterministic:
         return tf.zeros(tf.concat([batch_shape, [c.num_latents]], 0), self.dtype), zero_kl
-      prior = distributions.tfd.Normal(tf.zeros([], self.dtype), tf.ones([], self.dtype))
-      return prior.sample(tf.concat([batch_shape, [c.num_latents]], 0), seed=sample_seed), zero_kl
-    codes = self.encoder(tr_input, training=training, seed=dropout_seed)  # [B, N, K, n_z]
+      return noise.latent_eps, zero_kl
+    codes = self.encoder(tr_input, training=training,
+                         keep_mask=noise.encoder_keep if training else None)  # [B, N, K, n_z]
     relations = self.relation_network(codes)  # [B, N, K, 2 n_z]
     params = encoder_lib.average_codes_per_class(relations)  # [B, N, K, 2 n_z]
     q = distributions.gaussian_from_params(params)  # [B, N, K, n_z]
     if not training or c.deterministic:
       return q.loc, zero_kl
-    latents, noise = distributions.sample_with_noise(q, sample_seed)
-    kl = distributions.kl_to_standard_normal(q, latents, noise, c.kl_estimator,
+    latents = q.loc + q.scale * noise.latent_eps  # reparameterised sample
+    kl = distributions.kl_to_standard_normal(q, latents, noise.latent_eps, c.kl_estimator,
                                              reduce_axes=[1, 2, 3])
     return latents, kl
 
   def __call__(self, problem: ProblemInstance, *, training: bool,
-               seed: tf.Tensor | None = None) -> LEOOutputs:
+               seed: tf.Tensor | None = None, noise: Noise | None = None) -> LEOOutputs:
     """Runs LEO on a batch of tasks.
 
     Args:
       problem: a ProblemInstance of B tasks (tensors or arrays).
       training: meta-training (sampling, dropout, KL, encoder penalty) or
         evaluation (means, no dropout).
-      seed: int32 [2] stateless seed; required in meta-training.
+      seed: int32 [2] stateless seed of the random draws (meta-training).
+      noise: the random draws themselves (LEO.draw_noise); given instead of seed
+        by the compiled meta-training step.
 
     Returns:
       LEOOutputs.
     """
     if training is None or not isinstance(training, bool):
       raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
-    if training and seed is None:
+    if training and seed is None and noise is None:
       raise ValueError("Meta-training draws samples and dropout masks: pass seed, an int32 [2] "
-                       "tensor (e.g. seeds.step_seed(run_seed, step)).")
+                       "tensor (e.g. seeds.step_seed(run_seed, step)), or noise.")
     validate_problem(problem, self.config.embedding_dim)
     c = self.config
     tr_input = tf.convert_to_tensor(problem.tr_input, self.dtype)
     val_input = tf.convert_to_tensor(problem.val_input, self.dtype)
     tr_output = tf.convert_to_tensor(problem.tr_output, tf.int32)
     val_output = tf.convert_to_tensor(problem.val_output, tf.int32)
-
+    if training and noise is None:
+      noise = self.draw_noise(ProblemInstance(tr_input, tr_output, val_input, val_output), seed)
     t, f = c.inner_unroll_length, c.finetuning_unroll_length
-    if training:
-      all_seeds = seeds.split_seed(seed, self.num_seeds())
-      encoder_seed, val_seed, decode_seeds = all_seeds[0], all_seeds[1], all_seeds[2:t + 3]
-      predict_seeds = all_seeds[t + 3:]
-    else:
-      encoder_seed = val_seed = None
-      decode_seeds = predict_seeds = [None] * (t + f + 1)
-    dropout_rate = c.dropout_rate
 
-    latents, kl = self.encode(tr_input, training=training, seed=encoder_seed)
+    latents, kl = self.encode(tr_input, training=training, noise=noise)
 
     def decode_fn(z, i):
       weights = self.decoder.weights_distribution(z)  # [B, N, K, D]
       return distributions.possibly_sample(weights, training=training,
-                                           deterministic=c.deterministic, seed=decode_seeds[i])
+                                           deterministic=c.deterministic,
+                                           noise=noise.weight_eps[i] if training else None)
 
     def leo_loss_fn(w, i):
-      return classifier.inner_loss(tr_input, tr_output, w, dropout_rate=dropout_rate,
-                                   training=training, seed=predict_seeds[i])[0]
+      keep = noise.support_keep[i] if training else None
+      return classifier.inner_loss(tr_input, tr_output, w, keep)[0]
 
     def finetuning_loss_fn(w, i):
-      # Step 0 reuses the seed of the loss that ended latent adaptation.
+      # Step 0 reuses the dropout mask of the loss that ended latent adaptation.
       return leo_loss_fn(w, t + i)
 
     adapted_latents, weights, tr_loss = inner_loops.leo_inner_loop(
@@ -234,8 +253,7 @@ class LEO(tf.Module):
         weights, self.finetuning_lr, finetuning_loss_fn, num_steps=f,
         first_order=self.first_order)
     val_loss, val_logits = classifier.inner_loss(val_input, val_output, weights,
-                                                 dropout_rate=dropout_rate, training=training,
-                                                 seed=val_seed)
+                                                 noise.query_keep if training else None)
     if training:
       enc_penalty = objective.encoder_penalty(latents, adapted_latents)
     else:

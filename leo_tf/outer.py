@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from leo_tf import objective
 from leo_tf.config import OuterConfig
-from leo_tf.model import LEO, ProblemInstance
+from leo_tf.model import LEO, Noise, ProblemInstance
 
 
 class StepMetrics(NamedTuple):
@@ -68,12 +68,16 @@ def clip_gradients(grads: Sequence[tf.Tensor], gradient_threshold: float,
   return grads
 
 
-def meta_gradients(model: LEO, problem: ProblemInstance, seed: tf.Tensor, config: OuterConfig
+def meta_gradients(model: LEO, problem: ProblemInstance, seed: tf.Tensor | None,
+                   config: OuterConfig, noise: Noise | None = None
                    ) -> tuple[list[tf.Tensor], StepMetrics]:
-  """Second-order meta-gradients, NaN-safe and clipped, with the step's metrics."""
+  """Second-order meta-gradients, NaN-safe and clipped, with the step's metrics.
+
+  The random draws come from `noise` when given, else from `seed`.
+  """
   variables = model.meta_variables
   with tf.GradientTape() as tape:
-    outputs = model(problem, training=True, seed=seed)
+    outputs = model(problem, training=True, seed=seed, noise=noise)
     loss = model.meta_loss(outputs)
   grads = tape.gradient(loss.total, variables)
   grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
@@ -99,13 +103,23 @@ def make_optimizer(model: LEO, config: OuterConfig) -> keras.optimizers.Optimize
 
 def make_train_step(model: LEO, optimizer: keras.optimizers.Optimizer, config: OuterConfig
                     ) -> Callable[[ProblemInstance, tf.Tensor], StepMetrics]:
-  """Returns step(problem, seed) -> StepMetrics, one compiled function per meta-batch."""
+  """Returns step(problem, seed) -> StepMetrics, one compiled function per meta-batch.
+
+  The step's random draws (model.draw_noise) are made first by TF's kernels,
+  outside the XLA cluster; everything else (both inner loops, the
+  second-order meta-gradient, the fallback, clipping and Adam) is one
+  XLA-compiled function. So XLA on and off give the same draws for a seed.
+  """
 
   @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
-  def train_step(problem: ProblemInstance, seed: tf.Tensor) -> StepMetrics:
-    grads, metrics = meta_gradients(model, problem, seed, config)
+  def compiled_step(problem: ProblemInstance, noise: Noise) -> StepMetrics:
+    grads, metrics = meta_gradients(model, problem, None, config, noise=noise)
     optimizer.apply_gradients(zip(grads, model.meta_variables))
     return metrics
+
+  @tf.function(reduce_retracing=True)
+  def train_step(problem: ProblemInstance, seed: tf.Tensor) -> StepMetrics:
+    return compiled_step(problem, model.draw_noise(problem, seed))
 
   return train_step
 

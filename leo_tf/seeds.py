@@ -1,8 +1,11 @@
 """Stateless randomness: seed splitting and dropout that work under XLA.
 
 Every random draw in leo_tf takes an explicit int32 [2] seed, so a meta-training
-step is a pure function of (variables, batch, seed): reproducible, resumable
-from the step counter alone, and compilable with XLA.
+step is a pure function of (variables, batch, seed): reproducible and resumable
+from the step counter alone. The draws of a step are made outside the XLA
+cluster (see model.Noise): XLA's CPU code for random numbers is slow when it
+is fused into the products that consume it, and it draws other numbers from
+the same seed than TF's kernels do.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ def step_seed(base_seed: int, step: tf.Tensor) -> tf.Tensor:
   return tf.stack([tf.constant(base_seed, tf.int32), tf.cast(step, tf.int32)])
 
 
-def dropout(inputs: tf.Tensor, rate: float, *, training: bool, seed: tf.Tensor | None) -> tf.Tensor:
-  """Inverted dropout with a stateless seed; the identity outside meta-training."""
-  if not training or rate == 0.0:
-    return inputs
-  if seed is None:
-    raise ValueError("dropout needs a stateless seed (int32 [2]) in meta-training.")
-  return tf.nn.experimental.stateless_dropout(inputs, rate=rate, seed=seed)
+def dropout_keep_mask(shape, rate: float, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
+  """Inverted-dropout multiplier: 1 / (1 - rate) where kept, 0 where dropped.
+
+  inputs * mask is dropout at `rate` (tf.nn.dropout's semantics); rate 0 gives
+  ones. Drawn with TF's stateless uniform kernel.
+  """
+  if rate == 0.0:
+    return tf.ones(shape, dtype)
+  uniform = tf.random.stateless_uniform(shape, seed=seed, dtype=dtype)
+  return tf.cast(uniform >= rate, dtype) / (1.0 - rate)

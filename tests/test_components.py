@@ -14,6 +14,7 @@ from leo_tf import classifier
 from leo_tf import decoder as decoder_lib
 from leo_tf import distributions
 from leo_tf import encoder as encoder_lib
+from leo_tf import seeds
 
 B, N, K, D, NZ = 2, 3, 4, 7, 5
 
@@ -60,12 +61,21 @@ def test_encoder_is_linear_without_bias_and_needs_training_flag():
                              x @ enc.kernel.numpy(), rtol=1e-12)
   with pytest.raises(ValueError, match="training"):
     enc(tf.constant(x))
-  # Dropout in meta-training: every input entry is either dropped or scaled by 1/(1-rate).
-  seed = tf.constant([3, 4])
-  dropped = enc(tf.constant(x), training=True, seed=seed).numpy()
-  again = enc(tf.constant(x), training=True, seed=seed).numpy()
-  np.testing.assert_array_equal(dropped, again)  # stateless: same seed, same mask
-  assert not np.allclose(dropped, x @ enc.kernel.numpy())
+  with pytest.raises(ValueError, match="keep_mask"):
+    enc(tf.constant(x), training=True)
+  # Dropout in meta-training: the input times the keep mask.
+  mask = seeds.dropout_keep_mask([B, N, K, D], 0.5, tf.constant([3, 4]), tf.float64)
+  dropped = enc(tf.constant(x), training=True, keep_mask=mask).numpy()
+  np.testing.assert_allclose(dropped, (x * mask.numpy()) @ enc.kernel.numpy(), rtol=1e-12)
+
+
+def test_dropout_keep_mask_values_and_rate():
+  mask = seeds.dropout_keep_mask([200, 500], 0.3, tf.constant([1, 2])).numpy()
+  assert set(np.unique(mask)) == {0.0, np.float32(1 / 0.7)}
+  assert (mask == 0).mean() == pytest.approx(0.3, abs=0.005)  # 100,000 draws: sd 0.0015
+  np.testing.assert_array_equal(
+      mask, seeds.dropout_keep_mask([200, 500], 0.3, tf.constant([1, 2])).numpy())
+  np.testing.assert_array_equal(seeds.dropout_keep_mask([3], 0.0, tf.constant([1, 2])), 1.0)
 
 
 def test_stddev_transform_and_offset():
@@ -135,18 +145,22 @@ def test_sample_with_noise_equals_tfp_sampling():
 
 def test_sampling_is_reparameterised_and_stateless():
   q = distributions.gaussian_from_params(tf.constant([[0.5, -1.0, 1.0, 1.2]], tf.float64))
-  seed = tf.constant([7, 8])
-  a = distributions.possibly_sample(q, training=True, deterministic=False, seed=seed).numpy()
-  b = distributions.possibly_sample(q, training=True, deterministic=False, seed=seed).numpy()
-  np.testing.assert_array_equal(a, b)
+  eps = distributions.standard_normal([1, 2], tf.constant([7, 8]), tf.float64)
   np.testing.assert_array_equal(
-      distributions.possibly_sample(q, training=False, deterministic=False, seed=None).numpy(),
+      eps.numpy(), distributions.standard_normal([1, 2], tf.constant([7, 8]), tf.float64).numpy())
+  z = distributions.possibly_sample(q, training=True, deterministic=False, noise=eps).numpy()
+  np.testing.assert_allclose(z, [[0.5, -1.0]] + (np.exp([[1.0, 1.2]]) - 1) * eps.numpy())
+  np.testing.assert_array_equal(
+      distributions.possibly_sample(q, training=False, deterministic=False, noise=None).numpy(),
       [[0.5, -1.0]])
   np.testing.assert_array_equal(
-      distributions.possibly_sample(q, training=True, deterministic=True, seed=None).numpy(),
+      distributions.possibly_sample(q, training=True, deterministic=True, noise=None).numpy(),
       [[0.5, -1.0]])
-  with pytest.raises(ValueError, match="seed"):
-    distributions.possibly_sample(q, training=True, deterministic=False, seed=None)
+  with pytest.raises(ValueError, match="noise"):
+    distributions.possibly_sample(q, training=True, deterministic=False, noise=None)
+  # 20,000 draws: mean 0 and sd 1 within a few standard errors.
+  many = distributions.standard_normal([20000], tf.constant([1, 1])).numpy()
+  assert abs(many.mean()) < 0.03 and abs(many.std() - 1) < 0.03
 
 
 def test_orthogonality_penalty_matches_numpy():

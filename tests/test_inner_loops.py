@@ -44,8 +44,7 @@ def _hand_problem():
 def _loss_fn(tr_input, tr_output):
   def loss_fn(w, i):
     del i
-    return classifier.inner_loss(tr_input, tr_output, w, dropout_rate=0.0, training=False,
-                                 seed=None)[0]
+    return classifier.inner_loss(tr_input, tr_output, w)[0]
   return loss_fn
 
 

@@ -170,32 +170,43 @@ def test_second_order_matches_unrolled_reference_and_differs_from_first_order():
 
 
 def test_eager_function_and_xla_agree():
-  """Same numbers eager, as a tf.function and compiled with XLA.
+  """Same numbers eager, as a tf.function and compiled with XLA, sampling included.
 
-  TF's stateless random kernels draw different numbers from the same seed under
-  XLA than outside it (on this CPU even with alg="philox"), so the XLA
-  comparison runs without randomness (evaluation, and meta-training with
-  dropout 0 and no sampling); eager and tf.function share kernels and are
-  compared with sampling and dropout on.
+  The random draws (LEO.draw_noise) are made outside the compiled function, as
+  the compiled meta-training step does: TF's stateless kernels draw other
+  numbers from the same seed inside an XLA cluster than outside it.
   """
   problem = _problem(dtype=np.float32)
-  seed = tf.constant([5, 6])
+  model = LEO(_config(dtype="float32", dropout_rate=0.2), seed=0)
+  noise = model.draw_noise(problem, tf.constant([5, 6]))
 
-  def run(model, training):
-    out = model(problem, training=True, seed=seed) if training else model(problem, training=False)
+  def run(training):
+    out = model(problem, training=True, noise=noise) if training else model(problem,
+                                                                           training=False)
     return model.meta_loss(out).total, out.val_accuracy, out.classifier_weights, out.kl
 
-  noisy = LEO(_config(dtype="float32", dropout_rate=0.2), seed=0)
-  quiet = LEO(_config(dtype="float32", deterministic=True), seed=0)
-  for model, training in ((noisy, False), (noisy, True), (quiet, True)):
-    eager = run(model, training)
-    graph = tf.function(lambda: run(model, training))()
-    for e, g in zip(eager, graph):
+  for training in (False, True):
+    eager = run(training)
+    graph = tf.function(lambda: run(training))()
+    xla = tf.function(lambda: run(training), jit_compile=True)()
+    for e, g, x in zip(eager, graph, xla):
       np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
-    if model is quiet or not training:
-      xla = tf.function(lambda: run(model, training), jit_compile=True)()
-      for e, x in zip(eager, xla):
-        np.testing.assert_allclose(x.numpy(), e.numpy(), rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(x.numpy(), e.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_noise_shapes_and_seed_equals_noise():
+  problem = _problem()
+  model = LEO(_config(dropout_rate=0.4), seed=0)
+  noise = model.draw_noise(problem, tf.constant([1, 2]))
+  t, f = 2, 2
+  assert noise.encoder_keep.shape == (B, N, K, D)
+  assert noise.latent_eps.shape == (B, N, K, NZ)
+  assert noise.weight_eps.shape == (t + 1, B, N, K, D)
+  assert noise.support_keep.shape == (t + f + 1, B, N, K, D)
+  assert noise.query_keep.shape == (B, N, V, D)
+  by_seed = model(problem, training=True, seed=tf.constant([1, 2]))
+  by_noise = model(problem, training=True, noise=noise)
+  np.testing.assert_array_equal(by_seed.val_loss.numpy(), by_noise.val_loss.numpy())
 
 
 def test_batch_equals_per_task_loop():
@@ -224,8 +235,8 @@ def test_adaptation_and_finetuning_lower_the_support_loss():
     from leo_tf import classifier
     w = tf.tile(out.classifier_weights[:, :, None, :], [1, 1, K, 1])
     losses[f"ft{steps}"] = tf.reduce_mean(classifier.inner_loss(
-        tf.constant(problem.tr_input), tf.constant(problem.tr_output), w, dropout_rate=0.0,
-        training=False, seed=None)[0], axis=[1, 2]).numpy()
+        tf.constant(problem.tr_input), tf.constant(problem.tr_output), w)[0],
+        axis=[1, 2]).numpy()
   assert np.all(losses["ft3"] < losses["ft0"] - 1e-3), losses
   latent = {}
   for steps in (0, 3):
