@@ -50,6 +50,10 @@ flags.DEFINE_float("orthogonality_penalty_weight", 1e-3,
 flags.DEFINE_enum("kl_estimator", "sample", KL_ESTIMATORS,
                   "sample: the original's one-sample estimate; analytic: TFP's closed form.")
 flags.DEFINE_enum("ablation", "leo", ABLATIONS, "A row of the paper's table 2.")
+flags.DEFINE_enum("model", "leo", trainer.MODEL_NAMES,
+                  "leo; metasgd: Meta-SGD on the same features (adapts with "
+                  "finetuning_unroll_length steps from finetuning_lr_init); prototypes: nearest "
+                  "class mean, evaluated without training.")
 flags.DEFINE_integer("embedding_dim", 640, "D, the size of the features.")
 
 # Outer loop (original names).
@@ -111,7 +115,8 @@ def config_from_flags() -> trainer.RunConfig:
       early_stopping_patience=FLAGS.early_stopping_patience, seed=FLAGS.seed,
       jit_compile=FLAGS.jit_compile)
   return trainer.RunConfig(model=model, data=data, outer=outer, summary_steps=FLAGS.summary_steps,
-                           eval_chunk_mb=FLAGS.eval_chunk_mb, progress=FLAGS.progress)
+                           eval_chunk_mb=FLAGS.eval_chunk_mb, progress=FLAGS.progress,
+                           model_name=FLAGS.model)
 
 
 def main(argv):

@@ -38,12 +38,16 @@ import tensorflow as tf
 
 from leo_tf import embeddings
 from leo_tf import episodes
+from leo_tf import metasgd
 from leo_tf import outer
+from leo_tf import prototypes
 from leo_tf import seeds
 from leo_tf.config import DataConfig, ModelConfig, OuterConfig
 from leo_tf.model import LEO, ProblemInstance
 
 BEST_POINTER = "best.json"
+# --model: LEO, or a baseline on the same features with the same interface.
+MODEL_NAMES = ("leo", "metasgd", "prototypes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +60,11 @@ class RunConfig:
   summary_steps: int = 10  # TensorBoard and progress every so many steps
   eval_chunk_mb: int = 256  # evaluation memory bound: features per chunk of tasks
   progress: bool = True  # progress bar on stderr
+  model_name: str = "leo"  # leo, metasgd (Meta-SGD) or prototypes (nearest class mean)
 
   def __post_init__(self):
+    if self.model_name not in MODEL_NAMES:
+      raise ValueError(f"model_name must be one of {MODEL_NAMES}, got {self.model_name!r}.")
     if self.summary_steps < 1:
       raise ValueError(f"summary_steps must be >= 1, got {self.summary_steps}.")
     if self.eval_chunk_mb < 1:
@@ -82,6 +89,16 @@ _RESUME_FIELDS = {
     "outer": ["metatrain_batch_size", "outer_lr", "gradient_threshold",
               "gradient_norm_threshold", "seed", "jit_compile"],
 }
+
+
+def build_model(config: RunConfig):
+  """The model that config.model_name selects, with LEO's interface (see metasgd.py)."""
+  if config.model_name == "metasgd":
+    return metasgd.MetaSGD(
+        metasgd.MetaSGDConfig.from_model_config(config.model, config.data.num_classes))
+  if config.model_name == "prototypes":
+    return prototypes.Prototypes(prototypes.PrototypesConfig(config.model.embedding_dim))
+  return LEO(config.model, seed=config.outer.seed)
 
 
 def write_json_atomically(path: str, data: dict[str, Any]) -> None:
@@ -148,7 +165,7 @@ class Run:
   def __init__(self, config: RunConfig):
     self.config = config
     self.path = config.outer.checkpoint_path
-    self.model = LEO(config.model, seed=config.outer.seed)
+    self.model = build_model(config)
     self.optimizer = outer.make_optimizer(self.model, config.outer)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.best_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
@@ -217,6 +234,8 @@ def _check_resume_config(config: RunConfig) -> None:
   changed = [f"{group}.{name}: {saved[group][name]!r} -> {current[group][name]!r}"
              for group, names in _RESUME_FIELDS.items() for name in names
              if saved.get(group, {}).get(name) != current[group][name]]
+  if saved.get("model_name", "leo") != config.model_name:
+    changed.append(f"model_name: {saved.get('model_name', 'leo')!r} -> {config.model_name!r}")
   if changed:
     raise ValueError(
         f"{config.outer.checkpoint_path!r} holds a run with other settings ({'; '.join(changed)}). "
@@ -261,6 +280,10 @@ def train(config: RunConfig) -> dict[str, Any]:
     The meta-test results (see `evaluate`) plus where everything was written.
   """
   d, o = config.data, config.outer
+  if config.model_name == "prototypes":
+    # Nothing to meta-train: meta-validate and meta-test the nearest class mean.
+    evaluate(config, "val")
+    return evaluate(config)
   train_split = embeddings.load_split(d, "train", config.model.embedding_dim)
   val_split = embeddings.load_split(d, "val", config.model.embedding_dim)
   train_sampler = episodes.EpisodeSampler(
@@ -320,12 +343,13 @@ def train(config: RunConfig) -> dict[str, Any]:
                  for name in outer.StepMetrics._fields}
         fallbacks += int(round(means["fallback"] * len(pending)))
         means["fallback"] = means["fallback"] * len(pending)  # count in the interval
-        means["inner_lr_mean"] = float(tf.reduce_mean(run.model.inner_lr).numpy())
-        means["finetuning_lr_mean"] = float(tf.reduce_mean(run.model.finetuning_lr).numpy())
+        rates = [name for name in ("inner_lr", "finetuning_lr") if hasattr(run.model, name)]
+        for name in rates:  # Meta-SGD has only inner_lr (its alpha)
+          means[f"{name}_mean"] = float(tf.reduce_mean(getattr(run.model, name)).numpy())
         _write_summaries(train_writer, step, means)
         with train_writer.as_default(step=step):
-          tf.summary.histogram("inner_lr", run.model.inner_lr)
-          tf.summary.histogram("finetuning_lr", run.model.finetuning_lr)
+          for name in rates:
+            tf.summary.histogram(name, getattr(run.model, name))
         pending.clear()
         progress.update(step, f"loss {means['loss']:.3f} acc {100 * means['accuracy']:.1f}%")
       if step % o.checkpoint_steps == 0 or step == o.num_steps_limit:
@@ -357,9 +381,12 @@ def evaluate(config: RunConfig, split: str = "test") -> dict[str, Any]:
   accuracy and its 95% confidence interval 1.96 sd / sqrt(n).
   """
   d, o = config.data, config.outer
-  prefix, record = best_checkpoint(o.checkpoint_path)
-  model = LEO(config.model, seed=o.seed)
-  tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+  model = build_model(config)
+  if model.meta_variables:
+    prefix, record = best_checkpoint(o.checkpoint_path)
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+  else:  # the nearest class mean has nothing to restore
+    prefix, record = None, {"step": None, "metavalid_accuracy": None}
   eval_split = embeddings.load_split(d, split, config.model.embedding_dim)
   sampler = _eval_sampler(config, eval_split, split)
   chunk = eval_chunk_size(config, sampler, o.metatest_batch_size)
@@ -370,7 +397,8 @@ def evaluate(config: RunConfig, split: str = "test") -> dict[str, Any]:
   mean, ci, sd = confidence_interval(accuracies)
   results_file = os.path.join(o.checkpoint_path, f"results_{split}.json")
   results = {
-      "split": split, "dataset_name": d.dataset_name, "embedding_crop": d.embedding_crop,
+      "split": split, "model_name": config.model_name, "dataset_name": d.dataset_name,
+      "embedding_crop": d.embedding_crop,
       "num_classes": d.num_classes, "num_tr_examples_per_class": d.num_tr_examples_per_class,
       "num_val_examples_per_class": sampler.num_val_examples_per_class,
       "num_tasks": int(accuracies.size), "mean_accuracy": mean, "ci95": ci, "sd": sd,
@@ -381,5 +409,6 @@ def evaluate(config: RunConfig, split: str = "test") -> dict[str, Any]:
   write_json_atomically(results_file, results)
   print(f"meta-{split} accuracy {100 * mean:.2f}% +- {100 * ci:.2f}% (95% CI) over "
         f"{accuracies.size} {d.num_classes}-way {d.num_tr_examples_per_class}-shot tasks "
-        f"(best checkpoint, step {record['step']}); written to {results_file}", flush=True)
+        f"({config.model_name}, best checkpoint step {record['step']}); written to "
+        f"{results_file}", flush=True)
   return results
