@@ -75,23 +75,41 @@ def meta_gradients(model: LEO, problem: ProblemInstance, seed: tf.Tensor | None,
 
   The random draws come from `noise` when given, else from `seed`.
   """
+  grads, metrics = raw_meta_gradients(model, problem, seed, noise)
+  return finalize_gradients(model, grads, metrics, config)
+
+
+def raw_meta_gradients(model: LEO, problem: ProblemInstance, seed: tf.Tensor | None,
+                       noise: Noise | None = None) -> tuple[list[tf.Tensor], StepMetrics]:
+  """Second-order meta-gradients of the objective, before the fallback and clipping.
+
+  Returns the gradients (zeros for unconnected variables) and the metrics, with
+  gradient_norm and fallback still 0 (finalize_gradients fills them).
+  """
   variables = model.meta_variables
   with tf.GradientTape() as tape:
     outputs = model(problem, training=True, seed=seed, noise=noise)
     loss = model.meta_loss(outputs)
   grads = tape.gradient(loss.total, variables)
   grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-  finite = all_finite(loss.total, grads)
+  zero = tf.zeros([], loss.total.dtype)
+  metrics = StepMetrics(
+      loss=loss.total, val_loss=loss.val_loss, accuracy=tf.reduce_mean(outputs.val_accuracy),
+      kl=loss.kl, encoder_penalty=loss.encoder_penalty, l2=loss.l2,
+      orthogonality=loss.orthogonality, gradient_norm=zero, fallback=zero)
+  return grads, metrics
+
+
+def finalize_gradients(model: LEO, grads: Sequence[tf.Tensor], metrics: StepMetrics,
+                       config: OuterConfig) -> tuple[list[tf.Tensor], StepMetrics]:
+  """The NaN/Inf fallback and clipping, on the meta-batch's (all-reduced) gradients."""
+  finite = all_finite(metrics.loss, grads)
   safe = fallback_gradients(model)
   grads = [tf.where(finite, g, s) for g, s in zip(grads, safe)]
   gradient_norm = tf.linalg.global_norm(grads)
   grads = clip_gradients(grads, config.gradient_threshold, config.gradient_norm_threshold)
-  metrics = StepMetrics(
-      loss=loss.total, val_loss=loss.val_loss, accuracy=tf.reduce_mean(outputs.val_accuracy),
-      kl=loss.kl, encoder_penalty=loss.encoder_penalty, l2=loss.l2,
-      orthogonality=loss.orthogonality, gradient_norm=gradient_norm,
-      fallback=1.0 - tf.cast(finite, loss.total.dtype))
-  return grads, metrics
+  return grads, metrics._replace(gradient_norm=gradient_norm,
+                                 fallback=1.0 - tf.cast(finite, metrics.loss.dtype))
 
 
 def make_optimizer(model: LEO, config: OuterConfig) -> keras.optimizers.Optimizer:

@@ -1,0 +1,139 @@
+"""Meta-training on several devices or machines with tf.distribute.
+
+`--strategy` on the training entry point picks one of:
+  default       one device (tf.distribute's default strategy);
+  mirrored      MirroredStrategy over all local GPUs, or, on a machine without
+                GPUs, over --num_cpu_devices logical CPU devices;
+  multi_worker  MultiWorkerMirroredStrategy over the machines in TF_CONFIG.
+
+The meta-batch of B tasks is split into B / R tasks per replica. Each replica
+draws its own tasks (its own episode stream, seeded per replica) and its own
+random draws, and runs the XLA-compiled inner loops and second-order
+meta-gradient on them (outer.raw_meta_gradients). The gradients and metrics
+are then all-reduced (mean over replicas, which is the gradient of the mean
+over the meta-batch), and the NaN/Inf fallback, clipping and Adam run once on
+the global gradient, exactly as on one device (outer.finalize_gradients).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from leo_tf import outer
+from leo_tf.config import OuterConfig
+from leo_tf.model import LEO, Noise, ProblemInstance
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def configure_cpu_devices(num_devices: int) -> None:
+  """Splits the CPU into `num_devices` logical devices (before TensorFlow starts).
+
+  Raises:
+    RuntimeError: TensorFlow's runtime is already initialised (call this first).
+  """
+  if num_devices <= 1:
+    return
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """The tf.distribute strategy that `name` (one of STRATEGIES) selects."""
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=devices)
+  if name == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise ValueError("strategy=multi_worker needs TF_CONFIG naming the cluster and this "
+                       "worker, e.g. {\"cluster\": {\"worker\": [\"host1:12345\", "
+                       "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}.")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes checkpoints, summaries, results and exports."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if task_type == "chief":
+    return True
+  has_chief = "chief" in json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+  return task_type in (None, "worker") and task_id == 0 and not has_chief
+
+
+def replica_seed(seed: tf.Tensor, replica_id, num_replicas: int) -> tf.Tensor:
+  """The int32 [2] seed of one replica's random draws (the step's own on one replica)."""
+  if num_replicas == 1:
+    return seed
+  return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32))
+
+
+def uses_xla(config: OuterConfig, strategy: tf.distribute.Strategy) -> bool:
+  """Whether the replicas' step is XLA-compiled.
+
+  XLA runs on a GPU per replica, and on one device. With several replicas on
+  logical CPU devices TensorFlow places every compiled call on the first CPU
+  ("Trying to access resource ... located in device CPU:1 from device CPU:0"),
+  so there the replicas run their step as a plain graph.
+  """
+  if not config.jit_compile:
+    return False
+  return strategy.num_replicas_in_sync == 1 or bool(tf.config.list_logical_devices("GPU"))
+
+
+def make_distributed_train_step(model: LEO, optimizer: keras.optimizers.Optimizer,
+                                config: OuterConfig, strategy: tf.distribute.Strategy
+                                ) -> tuple[Callable, Callable]:
+  """Returns (step(problems, seed), step_with_noise(problems, noises)).
+
+  `problems` (and `noises`) are per-replica values (e.g. from
+  strategy.experimental_distribute_values_from_function), B / R tasks each.
+  Both return the step's StepMetrics (means over replicas).
+  """
+  num_replicas = strategy.num_replicas_in_sync
+
+  @tf.function(jit_compile=uses_xla(config, strategy), reduce_retracing=True)
+  def compiled_gradients(problem: ProblemInstance, noise: Noise):
+    return outer.raw_meta_gradients(model, problem, None, noise)
+
+  def apply(per_replica):
+    grads, metrics = per_replica
+    mean = tf.distribute.ReduceOp.MEAN
+    grads = [strategy.reduce(mean, g, axis=None) for g in grads]  # all-reduce
+    metrics = tf.nest.map_structure(lambda m: strategy.reduce(mean, m, axis=None), metrics)
+    grads, metrics = outer.finalize_gradients(model, grads, metrics, config)
+    optimizer.apply_gradients(zip(grads, model.meta_variables))
+    return metrics
+
+  def replica_step(problem: ProblemInstance, seed: tf.Tensor):
+    replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+    noise = model.draw_noise(problem, replica_seed(seed, replica_id, num_replicas))
+    return compiled_gradients(problem, noise)
+
+  @tf.function(reduce_retracing=True)
+  def step(problems, seed: tf.Tensor):
+    return apply(strategy.run(replica_step, args=(problems, seed)))
+
+  @tf.function(reduce_retracing=True)
+  def step_with_noise(problems, noises):
+    return apply(strategy.run(compiled_gradients, args=(problems, noises)))
+
+  return step, step_with_noise
+
+
+def split_for_replicas(strategy: tf.distribute.Strategy, make_value: Callable[[int], object]):
+  """Per-replica values: replica r (global id) gets make_value(r)."""
+  return strategy.experimental_distribute_values_from_function(
+      lambda context: make_value(context.replica_id_in_sync_group))
