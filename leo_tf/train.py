@@ -80,6 +80,12 @@ flags.DEFINE_integer("num_metatest_tasks", 10_000, "Tasks in the meta-test evalu
 flags.DEFINE_integer("summary_steps", 10, "Write summaries and progress every so many steps.")
 flags.DEFINE_integer("eval_chunk_mb", 256, "Memory bound (MB of features) per evaluation chunk.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute: default (one device), mirrored (all local GPUs, or "
+                  "--num_cpu_devices logical CPUs) or multi_worker (the machines in TF_CONFIG).")
+flags.DEFINE_integer("num_cpu_devices", 0,
+                     "With strategy=mirrored on a machine without GPUs: split the CPU into so "
+                     "many logical devices (replicas).")
 flags.DEFINE_string("export_dir", None,
                     "If set, export the best checkpoint at the end of training as a SavedModel "
                     "version under this TF Serving model base path (python -m leo_tf.export).")
@@ -116,7 +122,7 @@ def config_from_flags() -> trainer.RunConfig:
       jit_compile=FLAGS.jit_compile)
   return trainer.RunConfig(model=model, data=data, outer=outer, summary_steps=FLAGS.summary_steps,
                            eval_chunk_mb=FLAGS.eval_chunk_mb, progress=FLAGS.progress,
-                           model_name=FLAGS.model)
+                           model_name=FLAGS.model, strategy=FLAGS.strategy)
 
 
 def main(argv):
@@ -124,6 +130,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
+  if FLAGS.num_cpu_devices > 1:
+    from leo_tf import distribute  # pylint: disable=g-import-not-at-top
+    distribute.configure_cpu_devices(FLAGS.num_cpu_devices)  # before TensorFlow starts
   try:
     config = config_from_flags()
   except ValueError as e:
@@ -132,8 +141,8 @@ def main(argv):
     if FLAGS.evaluation_mode:
       trainer.evaluate(config)
     else:
-      trainer.train(config)
-      if FLAGS.export_dir:
+      results = trainer.train(config)
+      if FLAGS.export_dir and results.get("chief", True):
         from leo_tf import export  # pylint: disable=g-import-not-at-top
         version_dir = export.export_checkpoint(FLAGS.checkpoint_path, FLAGS.export_dir)
         print(f"Exported the best checkpoint to {version_dir}", flush=True)

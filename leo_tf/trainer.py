@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from leo_tf import distribute
 from leo_tf import embeddings
 from leo_tf import episodes
 from leo_tf import metasgd
@@ -61,8 +63,11 @@ class RunConfig:
   eval_chunk_mb: int = 256  # evaluation memory bound: features per chunk of tasks
   progress: bool = True  # progress bar on stderr
   model_name: str = "leo"  # leo, metasgd (Meta-SGD) or prototypes (nearest class mean)
+  strategy: str = "default"  # tf.distribute: default, mirrored or multi_worker
 
   def __post_init__(self):
+    if self.strategy not in distribute.STRATEGIES:
+      raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got {self.strategy!r}.")
     if self.model_name not in MODEL_NAMES:
       raise ValueError(f"model_name must be one of {MODEL_NAMES}, got {self.model_name!r}.")
     if self.summary_steps < 1:
@@ -162,15 +167,28 @@ class Progress:
 class Run:
   """The model, optimiser and checkpoint state of one training run."""
 
-  def __init__(self, config: RunConfig):
+  def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy | None = None):
+    """Builds the model and optimiser (under `strategy`'s scope when given).
+
+    Only the chief writes into checkpoint_path; other workers of a
+    multi-worker run take part in every save (as tf.distribute requires) but
+    write into a scratch folder of their own, removed as they go.
+    """
     self.config = config
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.chief = distribute.is_chief(self.strategy)
     self.path = config.outer.checkpoint_path
-    self.model = build_model(config)
-    self.optimizer = outer.make_optimizer(self.model, config.outer)
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    self.best_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
-    self.evals_without_improvement = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                                 name="evals_without_improvement")
+    if not self.chief:
+      resolver = self.strategy.cluster_resolver
+      self.path = os.path.join(config.outer.checkpoint_path,
+                               f".scratch-{resolver.task_type}-{resolver.task_id}")
+    with self.strategy.scope():
+      self.model = build_model(config)
+      self.optimizer = outer.make_optimizer(self.model, config.outer)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+      self.best_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
+      self.evals_without_improvement = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                                   name="evals_without_improvement")
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, optimizer=self.optimizer, step=self.step,
         best_accuracy=self.best_accuracy,
@@ -179,12 +197,17 @@ class Run:
                                               max_to_keep=3)
 
   def restore_latest(self) -> bool:
-    """Restores the latest checkpoint, if any; returns whether it did."""
-    latest = self.manager.latest_checkpoint
+    """Restores the latest checkpoint of the run (the chief's), if any."""
+    latest = tf.train.latest_checkpoint(os.path.join(self.config.outer.checkpoint_path, "ckpt"))
     if latest is None:
       return False
     self.checkpoint.restore(latest).assert_existing_objects_matched()
     return True
+
+  def remove_scratch(self) -> None:
+    """Deletes a non-chief worker's scratch folder."""
+    if not self.chief and os.path.isdir(self.path):
+      shutil.rmtree(self.path, ignore_errors=True)
 
   def save_latest(self) -> str:
     return self.manager.save(checkpoint_number=int(self.step.numpy()))
@@ -290,19 +313,36 @@ def train(config: RunConfig) -> dict[str, Any]:
       train_split, d.num_classes, d.num_tr_examples_per_class, d.num_val_examples_per_class,
       seed=o.seed, stream="train")
   val_sampler = _eval_sampler(config, val_split, "val")
-  os.makedirs(o.checkpoint_path, exist_ok=True)
-  _check_resume_config(config)
-
-  run = Run(config)
+  strategy = distribute.make_strategy(config.strategy)
+  num_replicas = strategy.num_replicas_in_sync
+  if o.metatrain_batch_size % num_replicas:
+    raise ValueError(f"metatrain_batch_size {o.metatrain_batch_size} must be a multiple of the "
+                     f"{num_replicas} replicas of strategy={config.strategy}.")
+  run = Run(config, strategy)
+  if run.chief:
+    os.makedirs(o.checkpoint_path, exist_ok=True)
+    _check_resume_config(config)
   resumed = run.restore_latest()
   start = int(run.step.numpy())
-  train_step = outer.make_train_step(run.model, run.optimizer, o)
+  if num_replicas == 1 and config.strategy == "default":
+    train_step = outer.make_train_step(run.model, run.optimizer, o)
+    replica_samplers = None
+  else:
+    train_step, _ = distribute.make_distributed_train_step(run.model, run.optimizer, o, strategy)
+    # Each replica draws its own tasks from its own episode stream.
+    replica_samplers = [episodes.EpisodeSampler(
+        train_split, d.num_classes, d.num_tr_examples_per_class, d.num_val_examples_per_class,
+        seed=o.seed, stream=f"train/replica-{r}") for r in range(num_replicas)]
   eval_step = outer.make_eval_step(run.model, o.jit_compile)
   val_chunk = eval_chunk_size(config, val_sampler, o.metavalid_batch_size)
-  train_writer = tf.summary.create_file_writer(os.path.join(o.checkpoint_path, "train"))
-  valid_writer = tf.summary.create_file_writer(os.path.join(o.checkpoint_path, "valid"))
+  if run.chief:
+    train_writer = tf.summary.create_file_writer(os.path.join(o.checkpoint_path, "train"))
+    valid_writer = tf.summary.create_file_writer(os.path.join(o.checkpoint_path, "valid"))
+  else:
+    train_writer = valid_writer = tf.summary.create_noop_writer()
 
-  progress = Progress(o.num_steps_limit, start, o.metatrain_batch_size, config.progress)
+  progress = Progress(o.num_steps_limit, start, o.metatrain_batch_size,
+                      config.progress and run.chief)
   progress.message(
       f"{'Resuming at' if resumed else 'Starting'} step {start} of {o.num_steps_limit}: "
       f"{d.num_classes}-way {d.num_tr_examples_per_class}-shot on {d.dataset_name}/"
@@ -332,10 +372,16 @@ def train(config: RunConfig) -> dict[str, Any]:
   step = start
   stopped_early = False
   if step < o.num_steps_limit:
-    dataset = episodes.make_dataset(train_sampler, o.metatrain_batch_size, step,
-                                    o.num_steps_limit - step)
-    for problem in dataset:
-      pending.append(train_step(ProblemInstance(*problem), seeds.step_seed(o.seed, step)))
+    if replica_samplers is None:
+      batches = (ProblemInstance(*p) for p in episodes.make_dataset(
+          train_sampler, o.metatrain_batch_size, step, o.num_steps_limit - step))
+    else:
+      per_replica = o.metatrain_batch_size // num_replicas
+      batches = (distribute.split_for_replicas(
+          strategy, lambda r, s=s: ProblemInstance(*replica_samplers[r].sample(s, per_replica)))
+                 for s in range(step, o.num_steps_limit))
+    for problem in batches:
+      pending.append(train_step(problem, seeds.step_seed(o.seed, step)))
       step += 1
       run.step.assign(step)
       if step % config.summary_steps == 0 or step == o.num_steps_limit:
@@ -361,9 +407,16 @@ def train(config: RunConfig) -> dict[str, Any]:
           break
   train_writer.flush()
   valid_writer.flush()
-  if not os.path.isfile(os.path.join(o.checkpoint_path, "best", BEST_POINTER)):
+  if not os.path.isfile(os.path.join(run.path, "best", BEST_POINTER)):
     validate(step)  # e.g. num_steps_limit = 0: the initial model is the best there is
+  checksum = float(sum(tf.reduce_sum(tf.abs(tf.cast(v, tf.float64))).numpy()
+                       for v in run.model.meta_variables))
+  print(f"Meta-trained weights at step {step}: checksum {checksum:.12g}", flush=True)
+  if not run.chief:
+    run.remove_scratch()
+    return {"chief": False, "step": step, "weights_checksum": checksum}
   results = evaluate(config)
+  results["weights_checksum"] = checksum
   results.update(stopped_early=stopped_early, nan_fallbacks=fallbacks,
                  checkpoints=os.path.join(o.checkpoint_path, "ckpt"),
                  best_checkpoint=os.path.join(o.checkpoint_path, "best"),
