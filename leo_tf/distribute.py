@@ -83,14 +83,16 @@ def replica_seed(seed: tf.Tensor, replica_id, num_replicas: int) -> tf.Tensor:
 def uses_xla(config: OuterConfig, strategy: tf.distribute.Strategy) -> bool:
   """Whether the replicas' step is XLA-compiled.
 
-  XLA runs on a GPU per replica, and on one device. With several replicas on
-  logical CPU devices TensorFlow places every compiled call on the first CPU
+  XLA runs on a GPU per replica, and on one device per process (one replica
+  per worker included). With several replicas on logical CPU devices of one
+  process TensorFlow places every compiled call on the first CPU
   ("Trying to access resource ... located in device CPU:1 from device CPU:0"),
   so there the replicas run their step as a plain graph.
   """
   if not config.jit_compile:
     return False
-  return strategy.num_replicas_in_sync == 1 or bool(tf.config.list_logical_devices("GPU"))
+  local_replicas = len(strategy.extended.worker_devices)
+  return local_replicas == 1 or bool(tf.config.list_logical_devices("GPU"))
 
 
 def make_distributed_train_step(model: LEO, optimizer: keras.optimizers.Optimizer,

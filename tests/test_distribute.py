@@ -79,3 +79,90 @@ def test_mirrored_on_two_cpus_equals_one_device():
   assert min(report["moved"].values()) > 1e-4  # the step really changed every variable
   assert report["in_sync"] == 0.0
   assert report["finite"]
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  from leo_tf import synthetic
+  path = str(tmp_path_factory.mktemp("embeddings"))
+  synthetic.generate(synthetic.SyntheticConfig(
+      num_train_classes=10, num_val_classes=6, num_test_classes=6, images_per_class=20,
+      embedding_dim=16, signal_dim=4, nuisance_dim=4, seed=2), path, num_eval_tasks=20)
+  return path
+
+
+def _train_command(data_path, checkpoint_path, *extra):
+  return [sys.executable, "-m", "leo_tf.train", f"--data_path={data_path}",
+          "--dataset_name=synthetic", "--embedding_dim=16", "--num_latents=4",
+          "--inner_unroll_length=2", "--finetuning_unroll_length=1",
+          "--num_val_examples_per_class=4", "--metatrain_batch_size=4", "--num_steps_limit=6",
+          "--checkpoint_steps=3", "--num_metavalid_tasks=10", "--num_metatest_tasks=10",
+          f"--checkpoint_path={checkpoint_path}", "--progress=false", "--seed=1", *extra]
+
+
+def _checksum(stdout):
+  lines = [l for l in stdout.splitlines() if "checksum" in l]
+  assert lines, stdout
+  return float(lines[-1].rsplit(" ", 1)[1])
+
+
+def test_two_workers_on_localhost_train_together(tiny_data, tmp_path):
+  import tensorflow as tf
+  from leo_tf import trainer
+  ports = _free_ports(2)
+  cluster = {"worker": [f"localhost:{p}" for p in ports]}
+  run = tmp_path / "run"
+  procs = []
+  for index in range(2):
+    env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
+                                          "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen(_train_command(tiny_data, run, "--strategy=multi_worker"),
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outputs = []
+  try:
+    for proc in procs:
+      out, err = proc.communicate(timeout=400)
+      assert proc.returncode == 0, err[-3000:]
+      outputs.append(out)
+  finally:
+    for proc in procs:
+      proc.kill()
+  # Both workers end with the same weights (they stayed in sync) ...
+  chief, worker = _checksum(outputs[0]), _checksum(outputs[1])
+  assert chief == worker
+  # ... only the chief wrote checkpoints, results and summaries ...
+  assert (run / "results_test.json").exists() and (run / "best" / "best.json").exists()
+  assert not [p for p in os.listdir(run) if p.startswith(".scratch")]
+  assert "meta-test accuracy" in outputs[0] and "meta-test accuracy" not in outputs[1]
+  # ... and the chief's checkpoint restores in a single-device run with those weights.
+  config = trainer.RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+  assert config.strategy == "multi_worker"
+  model = trainer.build_model(config)
+  tf.train.Checkpoint(model=model).restore(
+      tf.train.latest_checkpoint(str(run / "ckpt"))).expect_partial()
+  restored = float(sum(np.abs(v.numpy().astype(np.float64)).sum()
+                       for v in model.meta_variables))
+  assert restored == pytest.approx(chief, rel=1e-12)
+
+
+def test_mirrored_run_from_the_command_line(tiny_data, tmp_path):
+  result = subprocess.run(
+      _train_command(tiny_data, tmp_path / "run", "--strategy=mirrored", "--num_cpu_devices=2"),
+      cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "meta-test accuracy" in result.stdout
+  odd = subprocess.run(
+      _train_command(tiny_data, tmp_path / "odd", "--strategy=mirrored", "--num_cpu_devices=3"),
+      cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
+  assert odd.returncode != 0 and "multiple of the 3 replicas" in odd.stderr
