@@ -42,6 +42,8 @@ def _cases() -> list[str]:
     for shots in (1, 5):
       for xla in ("xla", "noxla"):
         names.append(f"{kind}_5way{shots}shot_{xla}")
+  # tf.distribute: one meta-batch of 12 split over 2 logical CPU replicas (no XLA there).
+  names += ["train_5way1shot_mirrored2", "train_5way5shot_mirrored2"]
   return names
 
 
@@ -60,14 +62,36 @@ def run_case(case: str) -> dict:
   kind, ways_shots, xla = case.split("_")
   shots = int(ways_shots.split("way")[1].rstrip("shot"))
   jit = xla == "xla"
-  model = LEO(ModelConfig(), seed=0)
   times = []
-  if kind == "train":
+  if kind == "train" and xla.startswith("mirrored"):
+    # tf.distribute over logical CPU devices (replicas run without XLA there).
+    from leo_tf import distribute  # pylint: disable=g-import-not-at-top
+    replicas = int(xla[len("mirrored"):])
+    strategy = distribute.make_strategy("mirrored")
+    if strategy.num_replicas_in_sync != replicas:
+      raise RuntimeError(f"{case}: expected {replicas} replicas, got "
+                         f"{strategy.num_replicas_in_sync}.")
+    config = OuterConfig(jit_compile=True)
+    with strategy.scope():
+      model = LEO(ModelConfig(), seed=0)
+      optimizer = outer.make_optimizer(model, config)
+    step, _ = distribute.make_distributed_train_step(model, optimizer, config, strategy)
+    batch = 12
+    problems = []
+    for s in range(4):
+      p = testing.random_problem(batch, 5, shots, 15, 640, seed=s)
+      per = batch // replicas
+      problems.append(distribute.split_for_replicas(
+          strategy, lambda r, p=p: episodes.ProblemInstance(*[a[r * per:(r + 1) * per] for a in p])))
+  else:
+    model = LEO(ModelConfig(), seed=0)
+  if kind == "train" and not xla.startswith("mirrored"):
     config = OuterConfig(jit_compile=jit)
     step = outer.make_train_step(model, outer.make_optimizer(model, config), config)
     batch = 12
     problems = [testing.random_problem(batch, 5, shots, 15, 640, seed=s) for s in range(4)]
     problems = [episodes.ProblemInstance(*[tf.constant(a) for a in p]) for p in problems]
+  if kind == "train":
     for s in range(3):  # warm-up and compilation
       step(problems[s % 4], tf.constant([0, s])).loss.numpy()
     for s in range(FLAGS.train_steps):
@@ -131,6 +155,9 @@ def format_table(rows: list[dict]) -> str:
 def main(argv):
   del argv
   if FLAGS.case:
+    if "mirrored" in FLAGS.case:
+      from leo_tf import distribute  # pylint: disable=g-import-not-at-top
+      distribute.configure_cpu_devices(int(FLAGS.case.rsplit("mirrored", 1)[1]))
     print(json.dumps(run_case(FLAGS.case)), flush=True)
     return
   cases = FLAGS.cases.split(",") if FLAGS.cases else _cases()
