@@ -5,8 +5,8 @@ configuration (D = 640, n_z = 64, 5 + 5 inner steps):
   - one meta-training step, 5-way 1-shot and 5-shot, meta-batch 12, 15 queries
     per class;
   - evaluation, 5-way 1-shot and 5-shot with every remaining query (599 / 595
-    per class of 600 images), 200 tasks per batch, fed in chunks bounded by
-    --eval_chunk_mb as the trainer does;
+    per class of 600 images), 200 tasks per batch, as the trainer evaluates
+    LEO (outer.make_split_eval_step; sampling the tasks included);
 each with XLA on and off, and the episode pipeline alone (leo_tf.bench_data).
 
 Every case runs in its own process so that its peak resident memory
@@ -29,7 +29,6 @@ from absl import flags
 flags.DEFINE_string("case", "", "Run one case in this process (used internally).")
 flags.DEFINE_integer("train_steps", 30, "Timed meta-training steps per case.")
 flags.DEFINE_integer("eval_tasks", 1000, "Tasks evaluated per evaluation case.")
-flags.DEFINE_integer("eval_chunk_mb", 256, "Memory bound per evaluation chunk (as the trainer).")
 flags.DEFINE_string("cases", "", "Comma-separated subset of cases (default: all).")
 FLAGS = flags.FLAGS
 
@@ -100,33 +99,26 @@ def run_case(case: str) -> dict:
       times.append(time.perf_counter() - t0)
     tasks_per_step = batch
   else:
-    eval_step = outer.make_eval_step(model, jit_compile=jit)
-    queries = IMAGES_PER_CLASS - shots
-    task_bytes = 5 * IMAGES_PER_CLASS * 640 * 4
-    chunk = max(1, min(200, (FLAGS.eval_chunk_mb << 20) // task_bytes))
+    # A split of 20 classes x 600 images (miniImageNet's test split), tasks drawn
+    # from it by the episode sampler, evaluated as the trainer does: the fast
+    # path (indices, one product with the split's embeddings), 200 tasks a batch.
+    from leo_tf import embeddings as embeddings_lib  # pylint: disable=g-import-not-at-top
     rng = np.random.default_rng(0)
-    # A split of 20 classes x 600 images; tasks gather from it, as evaluation does.
-    split_embeddings = rng.standard_normal((20 * IMAGES_PER_CLASS, 640)).astype(np.float32)
-    split_embeddings /= np.linalg.norm(split_embeddings, axis=1, keepdims=True)
-
-    def make_chunk(seed, size):
-      r = np.random.default_rng(seed)
-      classes = np.argsort(r.random((size, 20)), axis=1)[:, :5]  # [B, N]
-      images = np.argsort(r.random((size, 5, IMAGES_PER_CLASS)), axis=2)  # [B, N, 600]
-      rows = classes[:, :, None] * IMAGES_PER_CLASS + images  # [B, N, 600]
-      x = split_embeddings[rows]  # [B, N, 600, D]
-      labels = np.broadcast_to(np.arange(5, dtype=np.int32)[None, :, None], rows.shape)
-      return episodes.ProblemInstance(x[:, :, :shots], labels[:, :, :shots].copy(),
-                                      x[:, :, shots:], labels[:, :, shots:].copy())
-
-    eval_step(make_chunk(0, chunk))[0].numpy()  # compilation
-    for c in range(-(-FLAGS.eval_tasks // chunk)):  # full chunks only: one compiled shape
-      problem = make_chunk(c + 1, chunk)
-      t0 = time.perf_counter()
-      eval_step(problem)[0].numpy()
+    features = rng.standard_normal((20 * IMAGES_PER_CLASS, 640)).astype(np.float32)
+    names = [f"c{i // IMAGES_PER_CLASS:02d}" for i in range(features.shape[0])]
+    split = embeddings_lib.build_split(features, names, [f"{n}_{i}" for i, n in enumerate(names)],
+                                       ("random",))
+    sampler = episodes.EpisodeSampler(split, 5, shots, IMAGES_PER_CLASS - shots, seed=0,
+                                      stream="test")
+    step = outer.make_split_eval_step(model, split.embeddings, shots, jit_compile=jit)
+    chunk = 200
+    num_chunks = -(-FLAGS.eval_tasks // chunk)  # full chunks only: one compiled shape
+    step(tf.constant(sampler.sample_task_indices(0, chunk))).numpy()  # compilation
+    for c in range(num_chunks):
+      t0 = time.perf_counter()  # sampling the tasks' indices included
+      step(tf.constant(sampler.sample_task_indices((c + 1) * chunk, chunk))).numpy()
       times.append(time.perf_counter() - t0)
     tasks_per_step = chunk
-    del queries
   times_ms = np.array(times) * 1000
   median = float(np.median(times_ms))
   return {
@@ -134,8 +126,6 @@ def run_case(case: str) -> dict:
       "step_ms_p10": float(np.percentile(times_ms, 10)),
       "step_ms_p90": float(np.percentile(times_ms, 90)), "tasks_per_step": tasks_per_step,
       "timed_steps": len(times), "peak_rss_mb": _peak_rss_mb(),
-      # evaluation: the model's time only; building the chunk (a gather of
-      # 7.7 MB per task) is timed by leo_tf.bench_data.
   }
 
 
@@ -166,8 +156,8 @@ def main(argv):
   for case in cases:
     result = subprocess.run(
         [sys.executable, "-m", "leo_tf.bench", f"--case={case}",
-         f"--train_steps={FLAGS.train_steps}", f"--eval_tasks={FLAGS.eval_tasks}",
-         f"--eval_chunk_mb={FLAGS.eval_chunk_mb}"], capture_output=True, text=True, env=env)
+         f"--train_steps={FLAGS.train_steps}", f"--eval_tasks={FLAGS.eval_tasks}"],
+        capture_output=True, text=True, env=env)
     lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
     row = json.loads(lines[-1]) if result.returncode == 0 and lines else {
         "case": case, "error": result.stderr.strip().splitlines()[-1:] or ["unknown"]}

@@ -173,9 +173,12 @@ class EpisodeSampler:
     Task t does not depend on how the tasks are grouped, so an evaluation over
     num_tasks tasks sees the same tasks whatever its chunk size.
     """
-    indices = np.concatenate([self.sample_indices(first_task + t, 1)
-                              for t in range(num_tasks)], axis=0)  # [num_tasks, N, K+V]
-    return self.gather(indices)
+    return self.gather(self.sample_task_indices(first_task, num_tasks))
+
+  def sample_task_indices(self, first_task: int, num_tasks: int) -> np.ndarray:
+    """The image rows int32 [num_tasks, N, K + V] of the tasks of sample_tasks."""
+    return np.concatenate([self.sample_indices(first_task + t, 1)
+                           for t in range(num_tasks)], axis=0)  # [num_tasks, N, K+V]
 
   def gather(self, indices: np.ndarray) -> ProblemInstance:
     """The ProblemInstance of image rows `indices` int [B, N, K + V] (first K: support)."""

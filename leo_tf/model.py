@@ -201,36 +201,22 @@ class LEO(tf.Module):
                                              reduce_axes=[1, 2, 3])
     return latents, kl
 
-  def __call__(self, problem: ProblemInstance, *, training: bool,
-               seed: tf.Tensor | None = None, noise: Noise | None = None) -> LEOOutputs:
-    """Runs LEO on a batch of tasks.
+  def adapt(self, tr_input: tf.Tensor, tr_output: tf.Tensor, *, training: bool,
+            noise: Noise | None = None):
+    """Encode, adapt in latent space, fine-tune: the support set's part of LEO.
 
     Args:
-      problem: a ProblemInstance of B tasks (tensors or arrays).
-      training: meta-training (sampling, dropout, KL, encoder penalty) or
-        evaluation (means, no dropout).
-      seed: int32 [2] stateless seed of the random draws (meta-training).
-      noise: the random draws themselves (LEO.draw_noise); given instead of seed
-        by the compiled meta-training step.
+      tr_input: [B, N, K, D] support features; tr_output: [B, N, K] labels.
+      training: meta-training (noise required) or evaluation.
+      noise: the random draws of meta-training (LEO.draw_noise).
 
     Returns:
-      LEOOutputs.
+      (codes z [B, N, K, n_z], KL [B], adapted codes z' [B, N, K, n_z],
+      fine-tuned weights w' [B, N, K, D], support loss after latent adaptation
+      [B, N, K]).
     """
-    if training is None or not isinstance(training, bool):
-      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
-    if training and seed is None and noise is None:
-      raise ValueError("Meta-training draws samples and dropout masks: pass seed, an int32 [2] "
-                       "tensor (e.g. seeds.step_seed(run_seed, step)), or noise.")
-    validate_problem(problem, self.config.embedding_dim)
     c = self.config
-    tr_input = tf.convert_to_tensor(problem.tr_input, self.dtype)
-    val_input = tf.convert_to_tensor(problem.val_input, self.dtype)
-    tr_output = tf.convert_to_tensor(problem.tr_output, tf.int32)
-    val_output = tf.convert_to_tensor(problem.val_output, tf.int32)
-    if training and noise is None:
-      noise = self.draw_noise(ProblemInstance(tr_input, tr_output, val_input, val_output), seed)
     t, f = c.inner_unroll_length, c.finetuning_unroll_length
-
     latents, kl = self.encode(tr_input, training=training, noise=noise)
 
     def decode_fn(z, i):
@@ -252,6 +238,48 @@ class LEO(tf.Module):
     weights = inner_loops.finetuning_inner_loop(
         weights, self.finetuning_lr, finetuning_loss_fn, num_steps=f,
         first_order=self.first_order)
+    return latents, kl, adapted_latents, weights, tr_loss
+
+  def adapted_class_weights(self, tr_input: tf.Tensor, tr_output: tf.Tensor) -> tf.Tensor:
+    """Evaluation: the adapted linear classifier [B, N, D] (mean over the K copies).
+
+    logits(x) = <x, w_n> for these weights are the model's evaluation logits
+    (classifier.logits); the fast evaluation path (outer.make_split_eval_step)
+    relies on that.
+    """
+    _, _, _, weights, _ = self.adapt(tf.convert_to_tensor(tr_input, self.dtype),
+                                     tf.convert_to_tensor(tr_output, tf.int32), training=False)
+    return tf.reduce_mean(weights, axis=2)  # [B, N, K, D] -> [B, N, D]
+
+  def __call__(self, problem: ProblemInstance, *, training: bool,
+               seed: tf.Tensor | None = None, noise: Noise | None = None) -> LEOOutputs:
+    """Runs LEO on a batch of tasks.
+
+    Args:
+      problem: a ProblemInstance of B tasks (tensors or arrays).
+      training: meta-training (sampling, dropout, KL, encoder penalty) or
+        evaluation (means, no dropout).
+      seed: int32 [2] stateless seed of the random draws (meta-training).
+      noise: the random draws themselves (LEO.draw_noise); given instead of seed
+        by the compiled meta-training step.
+
+    Returns:
+      LEOOutputs.
+    """
+    if training is None or not isinstance(training, bool):
+      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
+    if training and seed is None and noise is None:
+      raise ValueError("Meta-training draws samples and dropout masks: pass seed, an int32 [2] "
+                       "tensor (e.g. seeds.step_seed(run_seed, step)), or noise.")
+    validate_problem(problem, self.config.embedding_dim)
+    tr_input = tf.convert_to_tensor(problem.tr_input, self.dtype)
+    val_input = tf.convert_to_tensor(problem.val_input, self.dtype)
+    tr_output = tf.convert_to_tensor(problem.tr_output, tf.int32)
+    val_output = tf.convert_to_tensor(problem.val_output, tf.int32)
+    if training and noise is None:
+      noise = self.draw_noise(ProblemInstance(tr_input, tr_output, val_input, val_output), seed)
+    latents, kl, adapted_latents, weights, tr_loss = self.adapt(
+        tr_input, tr_output, training=training, noise=noise)
     val_loss, val_logits = classifier.inner_loss(val_input, val_output, weights,
                                                  noise.query_keep if training else None)
     if training:

@@ -282,12 +282,49 @@ def eval_chunk_size(config: RunConfig, sampler: episodes.EpisodeSampler, batch_s
 
 def evaluate_tasks(eval_step, sampler: episodes.EpisodeSampler, num_tasks: int,
                    chunk_size: int) -> np.ndarray:
-  """Per-task query accuracy [num_tasks] over the sampler's first num_tasks tasks."""
+  """Per-task query accuracy [num_tasks] of the sampler's first tasks, by gathering them.
+
+  The straightforward path (any model): chunks of gathered features through
+  eval_step(problem) -> (accuracy [B], loss [B]).
+  """
   accuracies = []
   for chunk in episodes.iterate_tasks(sampler, num_tasks, chunk_size):
     accuracy, _ = eval_step(ProblemInstance(*chunk))
     accuracies.append(accuracy.numpy())
   return np.concatenate(accuracies)
+
+
+def make_task_evaluator(config: RunConfig, model, sampler: episodes.EpisodeSampler,
+                        batch_size: int):
+  """Returns evaluate(num_tasks) -> per-task query accuracy [num_tasks].
+
+  Models with a linear adapted classifier (LEO: adapted_class_weights) take
+  the fast path, outer.make_split_eval_step: indices instead of gathered
+  features, logits from one product with the split's embeddings; chunks are
+  bounded by eval_chunk_mb of that product ([M, B, N] floats). Other models
+  gather their tasks' features in chunks bounded by eval_chunk_mb. Both see
+  the same tasks (task t is the sampler's step-t task).
+  """
+  jit = config.outer.jit_compile
+  if not hasattr(model, "adapted_class_weights"):
+    eval_step = outer.make_eval_step(model, jit)
+    chunk = eval_chunk_size(config, sampler, batch_size)
+    return lambda num_tasks: evaluate_tasks(eval_step, sampler, num_tasks, chunk)
+  step = outer.make_split_eval_step(model, sampler.split.embeddings,
+                                    sampler.num_tr_examples_per_class, jit)
+  product_bytes = sampler.split.num_images * sampler.num_classes * 4  # per task
+  chunk = max(1, min(batch_size, (config.eval_chunk_mb << 20) // product_bytes))
+
+  def evaluate_fast(num_tasks: int) -> np.ndarray:
+    if num_tasks < 1:
+      raise ValueError(f"num_tasks must be >= 1, got {num_tasks}.")
+    accuracies = []
+    for first in range(0, num_tasks, chunk):
+      indices = sampler.sample_task_indices(first, min(chunk, num_tasks - first))  # [B, N, K+V]
+      accuracies.append(step(tf.constant(indices)).numpy())
+    return np.concatenate(accuracies)
+
+  return evaluate_fast
 
 
 def _write_summaries(writer, step: int, scalars: dict[str, float]) -> None:
@@ -333,8 +370,7 @@ def train(config: RunConfig) -> dict[str, Any]:
     replica_samplers = [episodes.EpisodeSampler(
         train_split, d.num_classes, d.num_tr_examples_per_class, d.num_val_examples_per_class,
         seed=o.seed, stream=f"train/replica-{r}") for r in range(num_replicas)]
-  eval_step = outer.make_eval_step(run.model, o.jit_compile)
-  val_chunk = eval_chunk_size(config, val_sampler, o.metavalid_batch_size)
+  evaluate_val = make_task_evaluator(config, run.model, val_sampler, o.metavalid_batch_size)
   if run.chief:
     train_writer = tf.summary.create_file_writer(os.path.join(o.checkpoint_path, "train"))
     valid_writer = tf.summary.create_file_writer(os.path.join(o.checkpoint_path, "valid"))
@@ -351,7 +387,7 @@ def train(config: RunConfig) -> dict[str, Any]:
 
   def validate(step: int) -> bool:
     """Meta-validates, keeps the best; returns whether to stop early."""
-    accuracies = evaluate_tasks(eval_step, val_sampler, o.num_metavalid_tasks, val_chunk)
+    accuracies = evaluate_val(o.num_metavalid_tasks)
     mean, ci, _ = confidence_interval(accuracies)
     improved = mean > float(run.best_accuracy.numpy())
     if improved:
@@ -442,10 +478,9 @@ def evaluate(config: RunConfig, split: str = "test") -> dict[str, Any]:
     prefix, record = None, {"step": None, "metavalid_accuracy": None}
   eval_split = embeddings.load_split(d, split, config.model.embedding_dim)
   sampler = _eval_sampler(config, eval_split, split)
-  chunk = eval_chunk_size(config, sampler, o.metatest_batch_size)
-  eval_step = outer.make_eval_step(model, o.jit_compile)
+  evaluate_split = make_task_evaluator(config, model, sampler, o.metatest_batch_size)
   t0 = time.time()
-  accuracies = evaluate_tasks(eval_step, sampler, o.num_metatest_tasks, chunk)
+  accuracies = evaluate_split(o.num_metatest_tasks)
   seconds = time.time() - t0
   mean, ci, sd = confidence_interval(accuracies)
   results_file = os.path.join(o.checkpoint_path, f"results_{split}.json")

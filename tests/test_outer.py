@@ -96,3 +96,25 @@ def test_meta_training_lowers_the_loss_on_a_fixed_batch():
     step(problem, tf.constant([0, s]))
   after = float(np.mean(eval_step(problem)[1]))
   assert after < before - 0.05, (before, after)
+
+
+def test_split_eval_step_equals_the_straightforward_evaluation():
+  from leo_tf.episodes import ProblemInstance
+  rng = np.random.default_rng(5)
+  embeddings = rng.standard_normal((60, D)).astype(np.float32)
+  embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+  batch, k, v = 7, 2, 5
+  indices = np.stack([rng.permutation(60)[:N * (k + v)].reshape(N, k + v)
+                      for _ in range(batch)]).astype(np.int32)  # [B, N, K + V], distinct rows
+  labels = np.broadcast_to(np.arange(N, dtype=np.int32)[None, :, None], (batch, N, k + v))
+  problem = ProblemInstance(embeddings[indices[:, :, :k]], labels[:, :, :k].copy(),
+                            embeddings[indices[:, :, k:]], labels[:, :, k:].copy())
+  model = _model()
+  rng_vars = np.random.default_rng(6)
+  for var in model.meta_variables:  # off the initial point: accuracies vary across tasks
+    var.assign(var.numpy() + 0.3 * rng_vars.standard_normal(var.shape).astype(np.float32))
+  expected = model(problem, training=False).val_accuracy.numpy()
+  assert len(set(expected.round(6))) > 1  # not a constant that any path would match
+  for jit in (False, True):
+    step = outer.make_split_eval_step(model, embeddings, k, jit_compile=jit)
+    np.testing.assert_allclose(step(tf.constant(indices)).numpy(), expected, atol=1e-6)

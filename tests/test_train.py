@@ -88,12 +88,16 @@ def test_training_learns_writes_checkpoints_summaries_and_results(data_path, tmp
   tf.train.Checkpoint(model=model).restore(best_prefix).expect_partial()
   test_split = trainer.embeddings.load_split(config.data, "test", D)
   sampler = trainer._eval_sampler(config, test_split, "test")
+  # The straightforward path (gathered features through model(problem)), not the
+  # trainer's fast one: they agree up to a query whose two best logits tie within
+  # rounding.
   accuracies = trainer.evaluate_tasks(outer.make_eval_step(model, jit_compile=True), sampler,
-                                      120, chunk_size=120)
+                                      120, chunk_size=7)
   assert accuracies.shape == (120,)
-  assert written["mean_accuracy"] == pytest.approx(accuracies.mean(), abs=1e-6)
+  one_query = 1.0 / (120 * 5 * 29)
+  assert written["mean_accuracy"] == pytest.approx(accuracies.mean(), abs=one_query + 1e-7)
   expected_ci = 1.96 * accuracies.std(ddof=1) / np.sqrt(120)
-  assert written["ci95"] == pytest.approx(expected_ci, rel=1e-5)
+  assert written["ci95"] == pytest.approx(expected_ci, rel=1e-2)
   assert written["mean_accuracy"] - written["ci95"] <= accuracies.mean() <= (
       written["mean_accuracy"] + written["ci95"])
   # --evaluation_mode's path gives the same numbers from the best checkpoint.
