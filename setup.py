@@ -14,14 +14,14 @@ setuptools.setup(
         # TFP 0.25 refuses to import without tf-keras, even for distributions.
         "tf-keras~=2.21.0",
         "tensorflow-datasets~=4.9",
-        "numpy>=1.26,<3",
-        "absl-py>=2.1,<3",
+        "numpy~=2.0",
+        "absl-py~=2.1",
         # tf.summary needs TensorBoard, which TensorFlow 2.21 no longer pulls in.
-        "tensorboard>=2.19",
+        "tensorboard~=2.21",
         # Warmup records (PredictionLog) for TF Serving, written by leo_tf.export.
         "tensorflow-serving-api~=2.21.0",
         # TFDS 4.9 needs it to prepare a dataset but does not declare it (tensorflow/datasets#11212).
-        "importlib_resources",
+        "importlib_resources~=7.0",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest~=9.0"]},
 )

@@ -243,3 +243,15 @@ def test_unknown_flags_and_contradictory_settings_fail_at_start(data_path, tmp_p
   assert result.returncode != 0 and "embeddings.zip" in result.stderr, result.stderr
   result = _run_cli(["--kl_weight=-1", f"--checkpoint_path={tmp_path}/z"])
   assert result.returncode != 0 and "kl_weight" in result.stderr
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(data_path, tmp_path):
+  # outer_lr tiny: meta-validation accuracy cannot improve on the first evaluation, so
+  # with patience 2 training stops at the third evaluation (step 15 of 100).
+  config = _config(data_path, tmp_path / "run", num_steps_limit=100, checkpoint_steps=5,
+                   outer_lr=1e-12, early_stopping_patience=2)
+  results = trainer.train(config)
+  assert results["stopped_early"]
+  assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith("ckpt-15")
+  _, record = trainer.best_checkpoint(str(tmp_path / "run"))
+  assert record["step"] == 5
