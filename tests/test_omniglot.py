@@ -1,0 +1,151 @@
+"""Omniglot: split files, rotations, resizing, npz and zip sources, flagfiles."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from leo_tf import embeddings
+from leo_tf import omniglot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")
+needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, "index.csv")),
+                                reason="the shared Omniglot folder is not here")
+
+
+def test_parse_class_line_and_refusals():
+  assert omniglot.parse_class_line("Angelic/character01/rot090") == ("Angelic/character01", 90)
+  assert omniglot.parse_class_line(" Malay_(Jawi_-_Arabic)/character40/rot270\n") == (
+      "Malay_(Jawi_-_Arabic)/character40", 270)
+  for bad in ("Angelic/character01/rot045", "Angelic/character01", "Angelic/char01/rot000"):
+    with pytest.raises(ValueError, match="Alphabet/characterNN/rotDDD"):
+      omniglot.parse_class_line(bad)
+
+
+def test_class_keys_parse_as_leo_keys():
+  # An alphabet with '-' in its name must not leak into the key.
+  split = omniglot.OmniglotSplit(images=np.zeros((1, 20, 2, 2), np.float32),
+                                 class_names=("Malay_(Jawi_-_Arabic)/character01/rot180",),
+                                 class_keys=(omniglot.class_key(556, 180),))
+  keys = split.keys("omniglot_test")
+  assert keys[0] == "omniglot_test-char0556_rot180-char0556_rot180_01.png"
+  assert keys[19].endswith("_20.png") and len(keys) == 20
+  assert embeddings.parse_key(keys[3]) == ("char0556_rot180", "char0556_rot180_04.png")
+  with pytest.raises(ValueError, match="must not contain '-'"):
+    split.keys("bad-prefix")
+
+
+def test_rotate_is_counter_clockwise_by_multiples_of_90():
+  image = np.array([[1, 2], [3, 4]])
+  np.testing.assert_array_equal(omniglot.rotate(image, 0), [[1, 2], [3, 4]])
+  np.testing.assert_array_equal(omniglot.rotate(image, 90), [[2, 4], [1, 3]])
+  np.testing.assert_array_equal(omniglot.rotate(image, 180), [[4, 3], [2, 1]])
+  np.testing.assert_array_equal(omniglot.rotate(image, 270), [[3, 1], [4, 2]])
+  with pytest.raises(ValueError, match="degrees must be one of"):
+    omniglot.rotate(image, 45)
+
+
+def test_resize_averages_ink_over_each_footprint():
+  # 4x4 drawing, True = background; ink in the top-left 2x2 and one pixel of
+  # the bottom-right 2x2 -> area resize to 2x2 gives ink fractions 1 and 1/4.
+  drawing = np.ones((1, 4, 4), bool)
+  drawing[0, :2, :2] = False
+  drawing[0, 3, 3] = False
+  out = omniglot.resize(drawing, 2)
+  np.testing.assert_allclose(out, [[[1.0, 0.0], [0.0, 0.25]]], atol=1e-6)
+  assert out.dtype == np.float32
+  # Same size: just inverted.
+  np.testing.assert_array_equal(omniglot.resize(drawing, 4)[0, 3], [0, 0, 0, 1])
+
+
+@needs_data
+def test_vinyals_split_sizes_and_disjoint_characters():
+  chars = {}
+  for split, n_chars in omniglot.VINYALS_CHARACTERS.items():
+    lines = omniglot.read_split_file(DATA, split)
+    assert len(lines) == 4 * n_chars
+    chars[split] = {omniglot.parse_class_line(l)[0] for l in lines}
+    assert len(chars[split]) == n_chars
+  assert not chars["train"] & chars["test"] and not chars["val"] & chars["test"]
+  assert not chars["train"] & chars["val"]
+  assert len(chars["train"] | chars["val"] | chars["test"]) == 1623
+
+
+@needs_data
+def test_load_real_characters_and_rotated_classes():
+  lines = omniglot.read_split_file(DATA, "test")[:8]  # two characters x 4 rotations
+  names = sorted({omniglot.parse_class_line(l)[0] for l in lines})
+  chars = omniglot.load_characters(DATA, 28, names=names)
+  assert chars.images.shape == (2, 20, 28, 28)
+  assert 0.0 <= chars.images.min() and chars.images.max() <= 1.0
+  # Ink covers a few percent of a drawing; the border is background.
+  assert 0.02 < chars.images.mean() < 0.25
+  assert chars.images[:, :, 0, :].mean() < 0.05  # the top row is mostly background
+  index = omniglot.read_index(DATA)
+  assert list(chars.char_ids) == [index[n][2] for n in names]
+  split = omniglot.make_split(chars, lines)
+  assert split.images.shape == (8, 20, 28, 28)
+  base = [i for i, l in enumerate(lines) if l.endswith("rot000")][0]
+  for offset, degrees in ((1, 90), (2, 180), (3, 270)):
+    assert lines[base + offset].endswith(f"rot{degrees:03d}")
+    np.testing.assert_array_equal(split.images[base + offset],
+                                  np.rot90(split.images[base], k=degrees // 90, axes=(1, 2)))
+  images, labels = split.flat()
+  assert images.shape == (160, 28, 28, 1) and list(labels[18:22]) == [0, 0, 1, 1]
+  with pytest.raises(ValueError, match="not among the 2 loaded characters"):
+    omniglot.make_split(chars, ["Latin/character01/rot000"])
+
+
+def _zip_of(path, characters, drawings):
+  """A zip in the official layout: images_x/<Alphabet>/<characterNN>/<id>_<drawer>.png."""
+  with zipfile.ZipFile(path, "w") as archive:
+    for (name, char_id), images in zip(characters, drawings):
+      for d, image in enumerate(images):
+        png = tf.io.encode_png(np.where(image, 255, 0).astype(np.uint8)[:, :, None]).numpy()
+        archive.writestr(f"images_x/{name}/{char_id:04d}_{d + 1:02d}.png", png)
+
+
+@needs_data
+def test_zips_give_the_same_pixels_as_the_npz(tmp_path):
+  name = "Latin/character03"
+  set_name, row, char_id = omniglot.read_index(DATA)[name]
+  with np.load(os.path.join(DATA, omniglot.NPZ_FILES[set_name])) as npz:
+    drawings = npz["images"][row]  # bool [20, 105, 105]
+  _zip_of(tmp_path / "images_background.zip", [(name, char_id)], [drawings])
+  from_zip = omniglot.load_characters_from_zips([str(tmp_path / "images_background.zip")], 28)
+  from_npz = omniglot.load_characters(DATA, 28, names=[name])
+  assert from_zip.names == (name,) and list(from_zip.char_ids) == [char_id]
+  np.testing.assert_array_equal(from_zip.images, from_npz.images)
+
+
+def test_zip_with_a_missing_drawer_is_refused(tmp_path):
+  drawings = np.ones((19, 8, 8), bool)
+  _zip_of(tmp_path / "z.zip", [("Alpha/character01", 7)], [drawings])
+  with pytest.raises(ValueError, match=r"expected 1\.\.20"):
+    omniglot.load_characters_from_zips([str(tmp_path / "z.zip")], 4)
+
+
+def test_missing_folder_names_the_fix(tmp_path):
+  with pytest.raises(ValueError, match="splits/vinyals"):
+    omniglot.read_split_file(str(tmp_path), "train")
+  with pytest.raises(ValueError, match="index.csv"):
+    omniglot.load_characters(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["omniglot_5way1shot", "omniglot_5way5shot",
+                                  "omniglot_20way1shot", "omniglot_20way5shot"])
+def test_omniglot_flagfiles_name_only_known_flags(name):
+  from absl import flags
+  from leo_tf import train  # pylint: disable=unused-import  (defines the flags)
+  with open(os.path.join(REPO, f"{name}.flags")) as f:
+    lines = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+  values = dict(line[2:].split("=", 1) for line in lines)
+  for flag in values:
+    assert flag in flags.FLAGS, f"{name}.flags: unknown flag {flag}"
+  way, shot = name.split("_")[1].split("way")
+  assert values["dataset_name"] == "omniglot"
+  assert values["num_classes"] == way and values["num_tr_examples_per_class"] == shot[0]
