@@ -1,0 +1,458 @@
+"""LEO for few-shot regression: the latent code generates every parameter of f_theta.
+
+Section 4.1 and appendix A of the paper. The base learner f_theta is an MLP
+1 -> 40 -> 40 -> 1 with ReLU and biases, 1761 parameters, all of them drawn
+from the decoder's Gaussian. Per task, with the K support pairs (x, y):
+
+    h_k = g_e([x_k; y_k])                      encoder, 3-layer MLP, [K, 32]
+    (mu^e, sigma^e) = 1/K^2 sum_{k, j} g_r([h_k; h_j])
+                                                relation network (encoder.py), [2 n_z]
+    z ~ N(mu^e, diag(sigma^e)^2)                one code per task, [n_z]
+    theta ~ N(mu^d(z), diag(sigma^d(z))^2)      decoder g_d, 3-layer MLP, [1761]
+    z' = z - alpha grad_z L_tr(f_theta(z))      latent adaptation (inner_loops.py)
+    theta' = theta - eta grad L_tr              optional fine-tuning (inner_loops.py)
+
+The classification model's pieces are reused: the relation network and the
+per-class average (one "class" of K examples), the Gaussians, KL and samplers
+(distributions.py), both inner loops, the encoder penalty, L2 and orthogonality
+terms and the meta-objective (objective.py, decoder.py). Only what differs is
+here: the encoder and decoder are MLPs (the classification ones are linear),
+the base learner is an MLP whose parameters arrive as one flat vector, and the
+losses are squared errors.
+
+Sampling happens in meta-training and in evaluation, as in the paper: S codes
+are drawn per task, each adapted on its own, and the parameters are drawn anew
+from p(theta | z) at every step of the inner loop and at the end. The
+prediction of a task is then S sampled functions; their average is the "mean
+prediction" that evaluation scores. `use_means=True` gives instead the single
+deterministic path (code and parameters at their means).
+
+Losses: the support loss of one point is (f(x) - y)^2 / K, so that the inner
+gradient (of the sum over the support set, inner_loops.py) is the gradient of
+the support MSE; the query loss is the MSE averaged over the S samples and M
+queries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from leo_tf import decoder as decoder_lib
+from leo_tf import distributions
+from leo_tf import encoder as encoder_lib
+from leo_tf import inner_loops
+from leo_tf import objective
+from leo_tf import seeds
+from leo_tf.config import DTYPES, KL_ESTIMATORS
+from leo_tf.sinusoid import RegressionTasks
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionConfig:
+  """The regression LEO: f_theta, the generator, inner loops and objective weights."""
+
+  hidden_units: tuple[int, ...] = (40, 40)  # f_theta's hidden layers (1 -> 40 -> 40 -> 1)
+  num_latents: int = 16  # n_z, one code per task
+  network_units: int = 32  # width of every layer of g_e, g_r and g_d
+  inner_unroll_length: int = 5  # latent adaptation steps (0: the conditional generator)
+  finetuning_unroll_length: int = 0  # fine-tuning steps on theta (0: none)
+  inner_lr_init: float = 1.0  # initial alpha, learned per latent dimension
+  finetuning_lr_init: float = 0.001  # initial eta, learned per parameter of theta
+  num_samples: int = 1  # S, codes (and functions) sampled per task in meta-training
+  params_stddev_offset: float = 0.1  # sigma^d = exp(u) - (1 - offset): u = 0 gives this stddev
+  max_params_stddev: float = 1.0  # soft upper bound on sigma^d (see bounded_gaussian)
+  max_latent_stddev: float = 1.0  # soft upper bound on sigma^e, the prior's scale
+  input_scale: float = 5.0  # the encoder sees (x, y) / input_scale
+  latent_clip: float = 5.0  # the decoder reads c tanh(z / c): codes softly within +-c
+  kl_weight: float = 0.01  # beta
+  encoder_penalty_weight: float = 1e-9  # gamma
+  l2_penalty_weight: float = 1e-8  # lambda_1
+  orthogonality_penalty_weight: float = 0.0  # lambda_2, on the decoder's last kernel
+  kl_estimator: str = "sample"  # "sample" (the original's) or "analytic" (TFP)
+  deterministic: bool = False  # ablation: means instead of samples, no KL
+  dtype: str = "float32"  # "float64" for gradient checks
+
+  def __post_init__(self):
+    if not self.hidden_units or min(self.hidden_units) < 1:
+      raise ValueError(f"hidden_units must be a non-empty tuple of positive widths, got "
+                       f"{self.hidden_units!r}.")
+    for name in ("num_latents", "network_units", "num_samples"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    for name in ("inner_unroll_length", "finetuning_unroll_length"):
+      if getattr(self, name) < 0:
+        raise ValueError(
+            f"{name} must be >= 0 (0 switches that loop off), got {getattr(self, name)}.")
+    for name in ("max_params_stddev", "max_latent_stddev", "input_scale", "latent_clip"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+    if not 0.0 <= self.params_stddev_offset < 1.0:
+      raise ValueError(f"params_stddev_offset must be in [0, 1), got {self.params_stddev_offset}.")
+    for name in ("kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
+                 "orthogonality_penalty_weight"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(
+          f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}.")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+
+
+# ----------------------------------------------------------------------------
+# The base learner f_theta, as a function of a flat parameter vector.
+
+
+def param_shapes(hidden_units: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+  """(name, shape) of f_theta's tensors in the flat vector's order: w0, b0, w1, b1, ...
+
+  For hidden_units (40, 40): w0 [1, 40], b0 [40], w1 [40, 40], b1 [40],
+  w2 [40, 1], b2 [1].
+  """
+  widths = [1, *hidden_units, 1]
+  shapes = []
+  for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+    shapes += [(f"w{i}", (fan_in, fan_out)), (f"b{i}", (fan_out,))]
+  return shapes
+
+
+def num_params(hidden_units: Sequence[int]) -> int:
+  """dim theta: 1761 for 1 -> 40 -> 40 -> 1 (80 + 1640 + 41)."""
+  return sum(int(np.prod(shape)) for _, shape in param_shapes(hidden_units))
+
+
+def glorot_params(hidden_units: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+  """A flat theta [P] as a freshly built MLP: Glorot-uniform kernels, zero biases."""
+  parts = []
+  for name, shape in param_shapes(hidden_units):
+    if name.startswith("w"):
+      limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+      parts.append(rng.uniform(-limit, limit, size=shape).ravel())
+    else:
+      parts.append(np.zeros(shape))
+  return np.concatenate(parts)
+
+
+def mlp_predict(params: tf.Tensor, inputs: tf.Tensor, hidden_units: Sequence[int]) -> tf.Tensor:
+  """f_theta(x) for a batch of parameter vectors.
+
+  Args:
+    params: theta, [..., P] with P = num_params(hidden_units).
+    inputs: x, [..., M, 1], the same leading dimensions as params (or
+      broadcastable to them).
+    hidden_units: f_theta's hidden widths.
+
+  Returns:
+    f_theta(x), [..., M, 1].
+  """
+  shapes = param_shapes(hidden_units)
+  sizes = [int(np.prod(shape)) for _, shape in shapes]
+  if params.shape[-1] is not None and params.shape[-1] != sum(sizes):
+    raise ValueError(f"params has {params.shape[-1]} entries on its last axis but an MLP with "
+                     f"hidden_units {tuple(hidden_units)} has {sum(sizes)}.")
+  parts = tf.split(params, sizes, axis=-1)  # [..., P] -> [..., size_i] each
+  lead = tf.shape(params)[:-1]
+  hidden = inputs
+  num_layers = len(shapes) // 2
+  for layer in range(num_layers):
+    (_, w_shape), (_, b_shape) = shapes[2 * layer], shapes[2 * layer + 1]
+    kernel = tf.reshape(parts[2 * layer], tf.concat([lead, w_shape], 0))  # [..., in, out]
+    bias = parts[2 * layer + 1][..., None, :]  # [..., out] -> [..., 1, out]
+    hidden = tf.matmul(hidden, kernel) + bias  # [..., M, in] @ [..., in, out] -> [..., M, out]
+    if layer < num_layers - 1:
+      hidden = tf.nn.relu(hidden)
+  return hidden  # [..., M, 1]
+
+
+def squared_errors(params: tf.Tensor, inputs: tf.Tensor, outputs: tf.Tensor,
+                   hidden_units: Sequence[int]) -> tf.Tensor:
+  """(f_theta(x) - y)^2 per point: theta [..., P], x, y [..., M, 1] -> [..., M]."""
+  predictions = mlp_predict(params, inputs, hidden_units)  # [..., M, 1]
+  return tf.squeeze(tf.math.squared_difference(predictions, outputs), axis=-1)  # [..., M]
+
+
+# ----------------------------------------------------------------------------
+# The generator's layers.
+
+
+def bounded_gaussian(params: tf.Tensor, stddev_offset: float, max_stddev: float
+                     ) -> distributions.tfd.Normal:
+  """distributions.gaussian_from_params with the stddev softly bounded by max_stddev.
+
+  Positive unnormalised stddevs u are squashed, u -> b tanh(u / b) with
+  b = log(max_stddev + 1 - offset), and the others kept: the identity near and
+  below 0 (smooth at 0, where both have slope 1) and never above b, so
+  sigma = exp(u) - (1 - offset) stays below max_stddev. The regression needs it
+  where classification does not: the generator has no biases inside, so u
+  grows linearly with the size of (x, y) and of the code, and exp(u) overflows
+  within a few inner steps.
+
+  Args:
+    params: [..., 2d], means then unnormalised stddevs.
+    stddev_offset: as in gaussian_from_params, in [0, 1).
+    max_stddev: the bound on sigma, > stddev_offset.
+
+  Returns:
+    A tfd.Normal [..., d].
+  """
+  if not max_stddev > stddev_offset:
+    raise ValueError(f"max_stddev ({max_stddev}) must be above the stddev offset "
+                     f"({stddev_offset}), the stddev at u = 0.")
+  means, unnormalized = tf.split(params, 2, axis=-1)  # 2 x [..., d]
+  bound = float(np.log(max_stddev + 1.0 - stddev_offset))
+  squashed = bound * tf.tanh(unnormalized / bound)
+  unnormalized = tf.where(unnormalized > 0, squashed, unnormalized)
+  return distributions.gaussian_from_params(tf.concat([means, unnormalized], axis=-1),
+                                            stddev_offset=stddev_offset)
+
+
+class BiasFreeMLP(keras.layers.Layer):
+  """Linear layers without biases, ReLU between them (none after the last): [..., d] -> [..., units[-1]]."""
+
+  def __init__(self, units: Sequence[int], *, seed: int | None = None, **kwargs):
+    super().__init__(**kwargs)
+    self.units = tuple(int(u) for u in units)
+    self._seed = seed
+
+  def build(self, input_shape):
+    fan_in = int(input_shape[-1])
+    for i, width in enumerate(self.units):
+      seed = None if self._seed is None else self._seed + i
+      # One attribute per kernel: a Python list of variables is not checkpointed.
+      setattr(self, f"w{i}", self.add_weight(
+          name=f"w{i}", shape=(fan_in, width),
+          initializer=keras.initializers.GlorotUniform(seed=seed)))
+      fan_in = width
+
+  @property
+  def kernels(self) -> list:
+    """The kernels [d, u0], [u0, u1], ..., in order."""
+    return [getattr(self, f"w{i}") for i in range(len(self.units))]
+
+  def call(self, inputs):
+    """inputs [..., d] -> [..., units[-1]]."""
+    hidden = inputs
+    for i, kernel in enumerate(self.kernels):
+      hidden = tf.einsum("...i,io->...o", hidden, kernel)  # [..., in] -> [..., out]
+      if i < len(self.units) - 1:
+        hidden = tf.nn.relu(hidden)
+    return hidden
+
+
+class RegressionOutputs(NamedTuple):
+  """What one forward pass over B tasks produces (S: samples per task)."""
+
+  val_loss: tf.Tensor  # [B] query MSE against the noisy targets, mean over S and M
+  tr_loss: tf.Tensor  # [B] support MSE after adaptation, mean over S and K
+  kl: tf.Tensor  # [B] KL(q(z | D^tr) || N(0, I)), 0 in evaluation
+  encoder_penalty: tf.Tensor  # [B] mean (z - stopgrad(z'))^2, 0 in evaluation
+  latents: tf.Tensor  # [B, S, n_z] codes before adaptation
+  adapted_latents: tf.Tensor  # [B, S, n_z] codes after adaptation
+  params: tf.Tensor  # [B, S, P] the parameters theta' that predict the queries
+  val_predictions: tf.Tensor  # [B, S, M, 1] f_theta'(query x)
+
+
+def validate_tasks(tasks: RegressionTasks) -> None:
+  """Raises ValueError naming the field for malformed task batches (static shapes)."""
+  for name in ("tr_input", "tr_output", "val_input"):
+    shape = tf.TensorShape(getattr(tasks, name).shape)
+    if shape.rank != 3 or shape[-1] not in (None, 1):
+      raise ValueError(f"tasks.{name} must be [B, points, 1] (1-D regression), got shape "
+                       f"{shape}.")
+  tr_shape = tf.TensorShape(tasks.tr_input.shape)
+  if tr_shape[1] == 0:
+    raise ValueError("tasks.tr_input has K = 0 support points; a task needs K >= 1.")
+  if tf.TensorShape(tasks.tr_output.shape) != tr_shape:
+    raise ValueError(f"tasks.tr_output must match tasks.tr_input's shape {tr_shape}, got "
+                     f"{tasks.tr_output.shape}.")
+  val_output = getattr(tasks, "val_output", None)
+  if val_output is not None and (tf.TensorShape(val_output.shape)
+                                 != tf.TensorShape(tasks.val_input.shape)):
+    raise ValueError(f"tasks.val_output must match tasks.val_input's shape "
+                     f"{tasks.val_input.shape}, got {val_output.shape}.")
+
+
+class LEORegression(tf.Module):
+  """The generator g_e, g_r, g_d of f_theta's parameters and the learned inner rates."""
+
+  def __init__(self, config: RegressionConfig, *, seed: int = 0, first_order: bool = False,
+               name: str = "leo_regression"):
+    """Builds every variable at once.
+
+    Args:
+      config: the model configuration.
+      seed: seeds the Glorot initialisation of the kernels.
+      first_order: stop gradients through the inner gradients (comparison only).
+      name: module name.
+    """
+    super().__init__(name=name)
+    self.config = config
+    self.first_order = first_order
+    c = config
+    self.num_params = num_params(c.hidden_units)
+    units, n_z = c.network_units, c.num_latents
+    self.encoder = BiasFreeMLP((units, units, units), seed=seed, dtype=c.dtype, name="encoder")
+    # g_r's layers are 2 n_z wide, which is `units` in the paper's setting (n_z = 16).
+    self.relation_network = encoder_lib.RelationNetwork(n_z, seed=seed + 10, dtype=c.dtype,
+                                                        name="relation_network")
+    self.decoder = BiasFreeMLP((units, units, 2 * self.num_params), seed=seed + 20,
+                               dtype=c.dtype, name="decoder")
+    self.encoder.build((None, 2))
+    self.relation_network.build((None, None, None, units))
+    self.decoder.build((None, n_z))
+    # theta_0 and u_0: the decoder's output for z = 0, a freshly initialised MLP
+    # (Glorot kernels, zero biases) with stddev offset (u = 0). See decode_params.
+    theta_0 = glorot_params(c.hidden_units, np.random.default_rng(seed + 30))
+    self.decoder_bias = tf.Variable(
+        np.concatenate([theta_0, np.zeros(self.num_params)]).astype(c.dtype), name="decoder_bias")
+    self.inner_lr = tf.Variable(tf.fill([n_z], tf.constant(c.inner_lr_init, c.dtype)),
+                                name="inner_lr")
+    self.finetuning_lr = tf.Variable(
+        tf.fill([self.num_params], tf.constant(c.finetuning_lr_init, c.dtype)),
+        name="finetuning_lr")
+
+  @property
+  def dtype(self) -> tf.DType:
+    return tf.as_dtype(self.config.dtype)
+
+  @property
+  def regularized_kernels(self) -> list:
+    """The kernels that the L2 term (and the NaN fallback) act on."""
+    return [*self.encoder.kernels, *self.relation_network.kernels, *self.decoder.kernels]
+
+  @property
+  def meta_variables(self) -> list:
+    """Everything the outer loop trains, in a fixed order."""
+    return [*self.regularized_kernels, self.decoder_bias, self.inner_lr, self.finetuning_lr]
+
+  def num_seeds(self) -> int:
+    """Stateless seeds one sampled forward pass consumes: the codes, then one per decoding."""
+    return 1 + self.config.inner_unroll_length + 1
+
+  def latent_distribution(self, tr_input: tf.Tensor, tr_output: tf.Tensor
+                          ) -> distributions.tfd.Normal:
+    """q(z | D^tr): support x, y [B, K, 1] -> a diagonal Gaussian [B, n_z]."""
+    pairs = tf.concat([tr_input, tr_output], axis=-1) / self.config.input_scale  # [B, K, 2]
+    codes = self.encoder(pairs)  # [B, K, 32]
+    # One "class" of K examples: [B, K, 32] -> [B, 1, K, 32], as g_r expects [B, N, K, .].
+    relations = self.relation_network(codes[:, None])  # [B, 1, K, 2 n_z]
+    params = encoder_lib.average_codes_per_class(relations)[:, 0, 0]  # [B, 1, K, 2n_z] -> [B, 2n_z]
+    return bounded_gaussian(params, 0.0, self.config.max_latent_stddev)  # [B, n_z]
+
+  def params_distribution(self, latents: tf.Tensor) -> distributions.tfd.Normal:
+    """p(theta | z): codes [..., n_z] -> a diagonal Gaussian [..., P].
+
+    The decoder reads the codes through a soft clip, c tanh(z / c) (about the
+    identity within a few prior standard deviations): f_theta is a cubic
+    polynomial of the decoded parameters, so an inner step that overshoots
+    would otherwise feed a larger code to the next step, whose gradient is
+    larger still, and reach Inf within the 5 steps.
+    """
+    c = self.config
+    clipped = c.latent_clip * tf.tanh(latents / c.latent_clip)  # [..., n_z]
+    params = self.decoder(clipped) + self.decoder_bias  # [..., n_z] -> [..., 2P]
+    return bounded_gaussian(params, c.params_stddev_offset, c.max_params_stddev)
+
+  def __call__(self, tasks: RegressionTasks, *, training: bool, seed: tf.Tensor | None = None,
+               num_samples: int | None = None, use_means: bool = False) -> RegressionOutputs:
+    """Runs LEO on a batch of tasks.
+
+    Args:
+      tasks: B tasks (tr_input, tr_output [B, K, 1]; val_input [B, M, 1] and,
+        for the loss, val_output [B, M, 1]).
+      training: meta-training (KL and encoder penalty computed) or evaluation.
+        Both sample codes and parameters.
+      seed: int32 [2] stateless seed; required unless nothing is sampled
+        (use_means or the deterministic ablation).
+      num_samples: S, samples per task (default: config.num_samples).
+      use_means: take the means of q(z | D^tr) and p(theta | z) instead of
+        samples (then S = 1).
+
+    Returns:
+      RegressionOutputs.
+    """
+    if training is None or not isinstance(training, bool):
+      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
+    validate_tasks(tasks)
+    c = self.config
+    sample = not (use_means or c.deterministic)
+    if sample and seed is None:
+      raise ValueError("LEORegression samples codes and parameters (in training and "
+                       "evaluation): pass seed, an int32 [2] tensor, or use_means=True.")
+    num_samples = 1 if not sample else (num_samples or c.num_samples)
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    tr_input = tf.convert_to_tensor(tasks.tr_input, self.dtype)  # [B, K, 1]
+    tr_output = tf.convert_to_tensor(tasks.tr_output, self.dtype)  # [B, K, 1]
+    val_input = tf.convert_to_tensor(tasks.val_input, self.dtype)  # [B, M, 1]
+    t, f = c.inner_unroll_length, c.finetuning_unroll_length
+    hidden_units = c.hidden_units
+    batch_size = tf.shape(tr_input)[0]
+    num_tr = tf.cast(tf.shape(tr_input)[1], self.dtype)
+
+    q = self.latent_distribution(tr_input, tr_output)  # [B, n_z]
+    zero = tf.zeros([batch_size], self.dtype)
+    if sample:
+      all_seeds = seeds.split_seed(seed, self.num_seeds())
+      latent_seed, decode_seeds = all_seeds[0], all_seeds[1:]
+      shape = [batch_size, num_samples, c.num_latents]
+      q_tiled = distributions.tfd.Normal(  # [B, n_z] -> [B, S, n_z]
+          tf.broadcast_to(q.loc[:, None], shape), tf.broadcast_to(q.scale[:, None], shape))
+      latents, noise = distributions.sample_with_noise(q_tiled, latent_seed)  # [B, S, n_z]
+      kl = (distributions.kl_to_standard_normal(q_tiled, latents, noise, c.kl_estimator,
+                                                reduce_axes=[1, 2]) if training else zero)
+    else:
+      decode_seeds = [None] * (t + 1)
+      latents = q.loc[:, None]  # [B, n_z] -> [B, 1, n_z]
+      kl = zero
+
+    def decode_fn(z, i):
+      theta = self.params_distribution(z)  # [B, S, P]
+      if not sample:
+        return theta.loc
+      return theta.sample(seed=decode_seeds[i])
+
+    def loss_fn(theta, i):
+      del i  # the support loss has no randomness of its own
+      # [B, S, P] with support [B, 1, K, 1] -> [B, S, K]; / K: the gradient of the MSE.
+      return squared_errors(theta, tr_input[:, None], tr_output[:, None], hidden_units) / num_tr
+
+    adapted_latents, theta, tr_loss = inner_loops.leo_inner_loop(
+        latents, self.inner_lr, decode_fn, loss_fn, num_steps=t, first_order=self.first_order)
+    if f:
+      theta = inner_loops.finetuning_inner_loop(theta, self.finetuning_lr, loss_fn, num_steps=f,
+                                                first_order=self.first_order)
+      tr_loss = loss_fn(theta, 0)
+    val_predictions = mlp_predict(theta, val_input[:, None], hidden_units)  # [B, S, M, 1]
+    if getattr(tasks, "val_output", None) is not None:
+      val_output = tf.convert_to_tensor(tasks.val_output, self.dtype)  # [B, M, 1]
+      val_loss = tf.reduce_mean(tf.math.squared_difference(val_predictions, val_output[:, None]),
+                                axis=[1, 2, 3])  # [B, S, M, 1] -> [B]
+    else:
+      val_loss = zero
+    if training and sample:
+      # [B, S, n_z] -> [B, S, 1, n_z], the [B, N, K, n_z] layout the penalty reduces over.
+      enc_penalty = objective.encoder_penalty(latents[:, :, None], adapted_latents[:, :, None])
+    else:
+      enc_penalty = zero
+    return RegressionOutputs(
+        val_loss=val_loss,
+        tr_loss=tf.reduce_mean(tr_loss, axis=[1, 2]) * num_tr,  # [B, S, K], each (f - y)^2 / K -> [B]
+        kl=kl, encoder_penalty=enc_penalty, latents=latents,
+        adapted_latents=adapted_latents, params=theta, val_predictions=val_predictions)
+
+  def meta_loss(self, outputs: RegressionOutputs) -> objective.MetaLoss:
+    """Equations 6-7 on the outputs of a meta-training call."""
+    c = self.config
+    return objective.meta_loss(
+        outputs.val_loss, outputs.kl, outputs.encoder_penalty,
+        objective.l2_penalty(self.regularized_kernels),
+        decoder_lib.orthogonality_penalty(self.decoder.kernels[-1]),
+        kl_weight=c.kl_weight, encoder_penalty_weight=c.encoder_penalty_weight,
+        l2_penalty_weight=c.l2_penalty_weight,
+        orthogonality_penalty_weight=c.orthogonality_penalty_weight)
