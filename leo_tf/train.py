@@ -90,6 +90,34 @@ flags.DEFINE_string("export_dir", None,
                     "If set, export the best checkpoint at the end of training as a SavedModel "
                     "version under this TF Serving model base path (python -m leo_tf.export).")
 
+# Few-shot regression on sines and lines (section 4.1; leo_tf.regression_trainer,
+# sines.flags). The model, outer-loop and run flags above keep their meaning
+# there (K = --num_tr_examples_per_class; queries per meta-training task =
+# --num_val_examples_per_class; --num_steps_limit and --outer_lr are LEO's);
+# the data, embedding, dropout and distribution flags are unused. Its own:
+flags.DEFINE_enum("problem", "classification", ["classification", "regression"],
+                  "classification: N-way K-shot on embeddings; regression: sines and lines.")
+flags.DEFINE_enum("regression_model", "both", ["leo", "maml", "both"],
+                  "Regression models to train and evaluate (both: LEO, then MAML, same tasks).")
+flags.DEFINE_integer("regression_num_samples", 1,
+                     "S: codes (functions) sampled per task in meta-training.")
+flags.DEFINE_integer("regression_num_eval_samples", 100,
+                     "Sampled functions per held-out task in the final evaluation.")
+flags.DEFINE_integer("regression_num_valid_samples", 20,
+                     "Sampled functions per task in meta-validation.")
+flags.DEFINE_integer("regression_num_eval_points", 100,
+                     "Evenly spaced query inputs over [-5, 5] per held-out task.")
+flags.DEFINE_integer("regression_eval_seed", 1, "Seeds the held-out tasks (not --seed).")
+flags.DEFINE_float("regression_params_stddev_offset", 0.1,
+                   "sigma^d = exp(u) - (1 - offset): the stddev of theta at u = 0.")
+flags.DEFINE_float("regression_max_params_stddev", 1.0, "Soft upper bound on sigma^d.")
+flags.DEFINE_float("regression_latent_clip", 5.0,
+                   "The decoder reads c tanh(z / c), which keeps the inner loop finite.")
+flags.DEFINE_float("regression_maml_inner_lr", 0.01, "alpha of the MAML baseline (fixed).")
+flags.DEFINE_integer("regression_maml_inner_steps", 5, "MAML's inner gradient steps.")
+flags.DEFINE_integer("regression_maml_num_steps", 20_000, "MAML's meta-training steps.")
+flags.DEFINE_float("regression_maml_outer_lr", 1e-3, "MAML's Adam learning rate.")
+
 FLAGS = flags.FLAGS
 
 
@@ -125,6 +153,40 @@ def config_from_flags() -> trainer.RunConfig:
                            model_name=FLAGS.model, strategy=FLAGS.strategy)
 
 
+def regression_config_from_flags():
+  """The frozen regression_trainer.RegressionRunConfig that the flags describe."""
+  from leo_tf import maml  # pylint: disable=g-import-not-at-top
+  from leo_tf import regression  # pylint: disable=g-import-not-at-top
+  from leo_tf import regression_trainer  # pylint: disable=g-import-not-at-top
+  from leo_tf import sinusoid  # pylint: disable=g-import-not-at-top
+  model = regression.RegressionConfig(
+      num_latents=FLAGS.num_latents, inner_unroll_length=FLAGS.inner_unroll_length,
+      finetuning_unroll_length=FLAGS.finetuning_unroll_length,
+      inner_lr_init=FLAGS.inner_lr_init, finetuning_lr_init=FLAGS.finetuning_lr_init,
+      num_samples=FLAGS.regression_num_samples,
+      params_stddev_offset=FLAGS.regression_params_stddev_offset,
+      max_params_stddev=FLAGS.regression_max_params_stddev,
+      latent_clip=FLAGS.regression_latent_clip, kl_weight=FLAGS.kl_weight,
+      encoder_penalty_weight=FLAGS.encoder_penalty_weight,
+      l2_penalty_weight=FLAGS.l2_penalty_weight,
+      orthogonality_penalty_weight=FLAGS.orthogonality_penalty_weight,
+      kl_estimator=FLAGS.kl_estimator)
+  maml_config = maml.MAMLConfig(inner_lr=FLAGS.regression_maml_inner_lr,
+                                num_inner_steps=FLAGS.regression_maml_inner_steps)
+  tasks = sinusoid.SinusoidConfig(num_tr_examples=FLAGS.num_tr_examples_per_class,
+                                  num_val_examples=FLAGS.num_val_examples_per_class)
+  return regression_trainer.RegressionRunConfig(
+      model=model, maml=maml_config, tasks=tasks, outer=config_from_flags().outer,
+      maml_num_steps_limit=FLAGS.regression_maml_num_steps,
+      maml_outer_lr=FLAGS.regression_maml_outer_lr,
+      models=("leo", "maml") if FLAGS.regression_model == "both" else (FLAGS.regression_model,),
+      num_eval_points=FLAGS.regression_num_eval_points,
+      num_eval_samples=FLAGS.regression_num_eval_samples,
+      num_valid_samples=FLAGS.regression_num_valid_samples,
+      eval_seed=FLAGS.regression_eval_seed, summary_steps=FLAGS.summary_steps,
+      progress=FLAGS.progress)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
@@ -133,15 +195,20 @@ def main(argv):
   if FLAGS.num_cpu_devices > 1:
     from leo_tf import distribute  # pylint: disable=g-import-not-at-top
     distribute.configure_cpu_devices(FLAGS.num_cpu_devices)  # before TensorFlow starts
+  regression = FLAGS.problem == "regression"
   try:
-    config = config_from_flags()
+    config = regression_config_from_flags() if regression else config_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if regression:
+    from leo_tf import regression_trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  else:
+    trainer_lib = trainer
   try:
     if FLAGS.evaluation_mode:
-      trainer.evaluate(config)
+      trainer_lib.evaluate(config)
     else:
-      results = trainer.train(config)
+      results = trainer_lib.train(config)
       if FLAGS.export_dir and results.get("chief", True):
         from leo_tf import export  # pylint: disable=g-import-not-at-top
         version_dir = export.export_checkpoint(FLAGS.checkpoint_path, FLAGS.export_dir)
