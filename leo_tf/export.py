@@ -445,7 +445,12 @@ def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | N
         f"No {config_file}: --checkpoint_path must be the folder of a training run "
         "(python -m leo_tf.train writes config.json there).")
   with open(config_file) as f:
-    run_config = trainer.RunConfig.from_dict(json.load(f))
+    config_dict = json.load(f)
+  if config_dict.get("problem") == "regression":  # sines and lines: leo_tf.regression_trainer
+    from leo_tf import regression_trainer  # pylint: disable=g-import-not-at-top
+    return regression_trainer.export_checkpoint(checkpoint_path, export_dir, checkpoint,
+                                                allow_duplicate=allow_duplicate)
+  run_config = trainer.RunConfig.from_dict(config_dict)
   if checkpoint is None:
     prefix, record = trainer.best_checkpoint(checkpoint_path)
   else:
