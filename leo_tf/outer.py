@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from leo_tf import objective
@@ -154,46 +155,77 @@ def make_eval_step(model: LEO, jit_compile: bool = True
   return eval_step
 
 
-def make_split_eval_step(model: LEO, split_embeddings: tf.Tensor, num_tr_examples_per_class: int,
-                         jit_compile: bool = True) -> Callable[[tf.Tensor], tf.Tensor]:
-  """Evaluation from image indices: step(indices) -> per-task query accuracy [B].
+class SplitEvaluator:
+  """Evaluation from image indices, for models with a linear adapted classifier (LEO).
 
-  The fast path of evaluation. A batch's tasks all draw from one split, so
-  instead of gathering every task's queries (7.7 MB per task with 599 queries
-  per class) the logits come from one product of the split's embeddings with
-  every task's adapted classifier, P = E W^T [M, B * N], from which each
-  query's N logits are picked: a compute-bound product instead of a
-  memory-bound gather, and memory that does not grow with the queries.
-  Equal to model(problem, training=False).val_accuracy on the same tasks
-  (tested).
+  The fast path of evaluation. Every task of a batch draws from one split, so
+  instead of gathering each task's queries (7.7 MB per task with 599 queries
+  per class), the split's embeddings are grouped by class once, X [C, S, D]
+  (S: images of the largest class), and each class's block is multiplied
+  with the adapted classifiers of exactly the tasks that contain the class:
 
-  Args:
-    model: a model with adapted_class_weights (LEO).
-    split_embeddings: E, [M, D], the split's (L2-normalised) embeddings.
-    num_tr_examples_per_class: K.
-    jit_compile: compile with XLA.
+      P[c, s, j, :] = X[c, s] W_{t(c, j)}^T        [C, S, T, N]
 
-  Returns:
-    step(indices int32 [B, N, K + V]) -> accuracy [B] (rows of E; first K support).
+  (t(c, j): the j-th task holding class c, T of them at most). A query of
+  class c at position s in its class, in task t(c, j), then has the logits
+  P[c, s, j]. A compute-bound product, a quarter of the work of multiplying
+  every image with every task's classifier, and memory that does not grow
+  with the number of queries. Equal to model(problem, training=False)
+  .val_accuracy on the same tasks (tested).
   """
-  k = num_tr_examples_per_class
-  embeddings = tf.convert_to_tensor(split_embeddings, model.dtype)
 
-  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-  def eval_step(indices: tf.Tensor) -> tf.Tensor:
-    batch, num_classes = tf.unstack(tf.shape(indices)[:2])
+  def __init__(self, model: LEO, split, num_tr_examples_per_class: int,
+               jit_compile: bool = True):
+    """Builds the class blocks of `split` (an embeddings.EmbeddingSplit)."""
+    self.model = model
+    self.k = num_tr_examples_per_class
+    embeddings = split.embeddings  # [M, D]
+    padded = split.class_image_indices  # [C, S], -1 padded
+    self.blocks = tf.constant(embeddings[np.maximum(padded, 0)] * (padded >= 0)[..., None],
+                              model.dtype)  # [C, S, D], zeros where padded
+    self.embeddings = tf.constant(embeddings, model.dtype)  # [M, D]
+    self.num_classes_total = padded.shape[0]
+    # row -> (class, position in the class)
+    self.row_class = np.zeros(embeddings.shape[0], np.int32)
+    self.row_position = np.zeros(embeddings.shape[0], np.int32)
+    classes, positions = np.nonzero(padded >= 0)
+    self.row_class[padded[classes, positions]] = classes
+    self.row_position[padded[classes, positions]] = positions
+    self._step = tf.function(self._accuracy, jit_compile=jit_compile, reduce_retracing=True)
+
+  def _accuracy(self, indices, slot_class, slot_rank, class_tasks, positions):
+    k = self.k
+    num_classes = tf.shape(indices)[1]
     labels = tf.range(num_classes, dtype=tf.int32)[None, :, None]  # [1, N, 1]
-    tr_input = tf.gather(embeddings, indices[:, :, :k])  # [B, N, K, D]
+    tr_input = tf.gather(self.embeddings, indices[:, :, :k])  # [B, N, K, D]
     tr_output = tf.broadcast_to(labels, tf.shape(indices[:, :, :k]))  # [B, N, K]
-    weights = model.adapted_class_weights(tr_input, tr_output)  # [B, N, D]
-    flat_weights = tf.reshape(weights, [batch * num_classes, -1])  # [B * N, D]
-    products = tf.matmul(embeddings, flat_weights, transpose_b=True)  # [M, B * N]
-    products = tf.reshape(products, [-1, batch, num_classes])  # [M, B, N]
-    queries = indices[:, :, k:]  # [B, N, V]
-    tasks = tf.broadcast_to(tf.range(batch)[:, None, None], tf.shape(queries))  # [B, N, V]
-    logits = tf.gather_nd(products, tf.stack([queries, tasks], axis=-1))  # [B, N, V, N]
+    weights = self.model.adapted_class_weights(tr_input, tr_output)  # [B, N, D]
+    task_weights = tf.gather(weights, class_tasks)  # [C, T, N, D]
+    products = tf.einsum("csd,ctnd->cstn", self.blocks, task_weights)  # [C, S, T, N]
+    query_shape = tf.shape(positions)  # [B, N, V]
+    where = tf.stack([tf.broadcast_to(slot_class[:, :, None], query_shape), positions,
+                      tf.broadcast_to(slot_rank[:, :, None], query_shape)], axis=-1)
+    logits = tf.gather_nd(products, where)  # [B, N, V, N]
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)  # [B, N, V]
-    correct = tf.cast(tf.equal(predictions, labels), model.dtype)  # [B, N, V]
-    return tf.reduce_mean(correct, axis=[1, 2])
+    correct = tf.cast(tf.equal(predictions, labels), self.model.dtype)
+    return tf.reduce_mean(correct, axis=[1, 2])  # [B]
 
-  return eval_step
+  def __call__(self, indices: np.ndarray) -> tf.Tensor:
+    """indices int [B, N, K + V] (rows of the split; first K support) -> accuracy [B]."""
+    indices = np.asarray(indices, np.int32)
+    batch, num_classes = indices.shape[:2]
+    slot_class = self.row_class[indices[:, :, 0]]  # [B, N]: the class of each slot
+    flat = slot_class.ravel()  # [B * N]
+    order = np.argsort(flat, kind="stable")  # slots grouped by class
+    counts = np.bincount(flat, minlength=self.num_classes_total)  # [C]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [C]
+    rank = np.empty_like(flat)
+    rank[order] = np.arange(flat.size) - starts[flat[order]]  # j of each slot in its class
+    # T rounded up to a multiple of 16: few distinct shapes, few compilations.
+    width = max(16, -(-int(counts.max()) // 16) * 16)
+    class_tasks = np.zeros((self.num_classes_total, width), np.int32)  # [C, T]; 0 unused
+    class_tasks[flat[order], rank[order]] = order // num_classes  # the task of each slot
+    positions = self.row_position[indices[:, :, self.k:]]  # [B, N, V]
+    return self._step(tf.constant(indices), tf.constant(slot_class),
+                      tf.constant(rank.reshape(batch, num_classes)), tf.constant(class_tasks),
+                      tf.constant(positions))

@@ -299,9 +299,9 @@ def make_task_evaluator(config: RunConfig, model, sampler: episodes.EpisodeSampl
   """Returns evaluate(num_tasks) -> per-task query accuracy [num_tasks].
 
   Models with a linear adapted classifier (LEO: adapted_class_weights) take
-  the fast path, outer.make_split_eval_step: indices instead of gathered
-  features, logits from one product with the split's embeddings; chunks are
-  bounded by eval_chunk_mb of that product ([M, B, N] floats). Other models
+  the fast path, outer.SplitEvaluator: indices instead of gathered features,
+  logits from class-blocked products with the split's embeddings; chunks are
+  bounded by eval_chunk_mb of those products. Other models
   gather their tasks' features in chunks bounded by eval_chunk_mb. Both see
   the same tasks (task t is the sampler's step-t task).
   """
@@ -310,9 +310,10 @@ def make_task_evaluator(config: RunConfig, model, sampler: episodes.EpisodeSampl
     eval_step = outer.make_eval_step(model, jit)
     chunk = eval_chunk_size(config, sampler, batch_size)
     return lambda num_tasks: evaluate_tasks(eval_step, sampler, num_tasks, chunk)
-  step = outer.make_split_eval_step(model, sampler.split.embeddings,
-                                    sampler.num_tr_examples_per_class, jit)
-  product_bytes = sampler.split.num_images * sampler.num_classes * 4  # per task
+  step = outer.SplitEvaluator(model, sampler.split, sampler.num_tr_examples_per_class, jit)
+  # The product holds at most (images of the largest class) x N floats per task
+  # and class it holds: N (S N) floats per task.
+  product_bytes = sampler.split.class_image_indices.shape[1] * sampler.num_classes ** 2 * 4
   chunk = max(1, min(batch_size, (config.eval_chunk_mb << 20) // product_bytes))
 
   def evaluate_fast(num_tasks: int) -> np.ndarray:
@@ -321,7 +322,7 @@ def make_task_evaluator(config: RunConfig, model, sampler: episodes.EpisodeSampl
     accuracies = []
     for first in range(0, num_tasks, chunk):
       indices = sampler.sample_task_indices(first, min(chunk, num_tasks - first))  # [B, N, K+V]
-      accuracies.append(step(tf.constant(indices)).numpy())
+      accuracies.append(step(indices).numpy())
     return np.concatenate(accuracies)
 
   return evaluate_fast

@@ -98,17 +98,21 @@ def test_meta_training_lowers_the_loss_on_a_fixed_batch():
   assert after < before - 0.05, (before, after)
 
 
-def test_split_eval_step_equals_the_straightforward_evaluation():
-  from leo_tf.episodes import ProblemInstance
+@pytest.mark.parametrize("class_sizes", [[9] * 8, [7, 12, 9, 8, 15, 10, 9, 11]])
+def test_split_evaluator_equals_the_straightforward_evaluation(class_sizes):
+  from leo_tf import embeddings as embeddings_lib
+  from leo_tf import episodes
   rng = np.random.default_rng(5)
-  embeddings = rng.standard_normal((60, D)).astype(np.float32)
-  embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-  batch, k, v = 7, 2, 5
-  indices = np.stack([rng.permutation(60)[:N * (k + v)].reshape(N, k + v)
-                      for _ in range(batch)]).astype(np.int32)  # [B, N, K + V], distinct rows
-  labels = np.broadcast_to(np.arange(N, dtype=np.int32)[None, :, None], (batch, N, k + v))
-  problem = ProblemInstance(embeddings[indices[:, :, :k]], labels[:, :, :k].copy(),
-                            embeddings[indices[:, :, k:]], labels[:, :, k:].copy())
+  names = [f"c{c}" for c, size in enumerate(class_sizes) for _ in range(size)]
+  order = rng.permutation(len(names))  # classes interleaved in the file, as they may be
+  names = [names[i] for i in order]
+  features = rng.standard_normal((len(names), D)).astype(np.float32)
+  split = embeddings_lib.build_split(features, names, [f"{n}_{i}" for i, n in enumerate(names)],
+                                     ("random",))
+  k, v, batch = 2, 5, 23
+  sampler = episodes.EpisodeSampler(split, N, k, v, seed=0, stream="test")
+  indices = sampler.sample_task_indices(0, batch)  # [B, N, K + V]
+  problem = sampler.gather(indices)
   model = _model()
   rng_vars = np.random.default_rng(6)
   for var in model.meta_variables:  # off the initial point: accuracies vary across tasks
@@ -116,5 +120,5 @@ def test_split_eval_step_equals_the_straightforward_evaluation():
   expected = model(problem, training=False).val_accuracy.numpy()
   assert len(set(expected.round(6))) > 1  # not a constant that any path would match
   for jit in (False, True):
-    step = outer.make_split_eval_step(model, embeddings, k, jit_compile=jit)
-    np.testing.assert_allclose(step(tf.constant(indices)).numpy(), expected, atol=1e-6)
+    evaluator = outer.SplitEvaluator(model, split, k, jit_compile=jit)
+    np.testing.assert_allclose(evaluator(indices).numpy(), expected, atol=1e-6)
