@@ -52,6 +52,9 @@ from leo_tf.config import DTYPES, KL_ESTIMATORS
 from leo_tf.sinusoid import RegressionTasks
 
 
+QUERY_LOSSES = ("samples", "mean")
+
+
 @dataclasses.dataclass(frozen=True)
 class RegressionConfig:
   """The regression LEO: f_theta, the generator, inner loops and objective weights."""
@@ -64,6 +67,7 @@ class RegressionConfig:
   inner_lr_init: float = 1.0  # initial alpha, learned per latent dimension
   finetuning_lr_init: float = 0.001  # initial eta, learned per parameter of theta
   num_samples: int = 1  # S, codes (and functions) sampled per task in meta-training
+  query_loss: str = "samples"  # "samples": mean MSE of the S functions; "mean": MSE of their mean
   params_stddev_offset: float = 0.1  # sigma^d = exp(u) - (1 - offset): u = 0 gives this stddev
   max_params_stddev: float = 1.0  # soft upper bound on sigma^d (see bounded_gaussian)
   max_latent_stddev: float = 1.0  # soft upper bound on sigma^e, the prior's scale
@@ -97,6 +101,8 @@ class RegressionConfig:
                  "orthogonality_penalty_weight"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+    if self.query_loss not in QUERY_LOSSES:
+      raise ValueError(f"query_loss must be one of {QUERY_LOSSES}, got {self.query_loss!r}.")
     if self.kl_estimator not in KL_ESTIMATORS:
       raise ValueError(
           f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}.")
@@ -431,8 +437,14 @@ class LEORegression(tf.Module):
     val_predictions = mlp_predict(theta, val_input[:, None], hidden_units)  # [B, S, M, 1]
     if getattr(tasks, "val_output", None) is not None:
       val_output = tf.convert_to_tensor(tasks.val_output, self.dtype)  # [B, M, 1]
-      val_loss = tf.reduce_mean(tf.math.squared_difference(val_predictions, val_output[:, None]),
-                                axis=[1, 2, 3])  # [B, S, M, 1] -> [B]
+      if c.query_loss == "mean":
+        # The MSE of the average function, what evaluation scores: [B, S, M, 1] -> [B].
+        mean_prediction = tf.reduce_mean(val_predictions, axis=1)  # [B, M, 1]
+        val_loss = tf.reduce_mean(tf.math.squared_difference(mean_prediction, val_output),
+                                  axis=[1, 2])
+      else:
+        val_loss = tf.reduce_mean(  # [B, S, M, 1] -> [B]
+            tf.math.squared_difference(val_predictions, val_output[:, None]), axis=[1, 2, 3])
     else:
       val_loss = zero
     if training and sample:
