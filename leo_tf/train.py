@@ -101,6 +101,9 @@ flags.DEFINE_enum("regression_model", "both", ["leo", "maml", "both"],
                   "Regression models to train and evaluate (both: LEO, then MAML, same tasks).")
 flags.DEFINE_integer("regression_num_samples", 1,
                      "S: codes (functions) sampled per task in meta-training.")
+flags.DEFINE_enum("regression_query_loss", "samples", ["samples", "mean"],
+                  "samples: mean query MSE of the S sampled functions; mean: query MSE of "
+                  "their average.")
 flags.DEFINE_integer("regression_num_eval_samples", 100,
                      "Sampled functions per held-out task in the final evaluation.")
 flags.DEFINE_integer("regression_num_valid_samples", 20,
@@ -163,7 +166,7 @@ def regression_config_from_flags():
       num_latents=FLAGS.num_latents, inner_unroll_length=FLAGS.inner_unroll_length,
       finetuning_unroll_length=FLAGS.finetuning_unroll_length,
       inner_lr_init=FLAGS.inner_lr_init, finetuning_lr_init=FLAGS.finetuning_lr_init,
-      num_samples=FLAGS.regression_num_samples,
+      num_samples=FLAGS.regression_num_samples, query_loss=FLAGS.regression_query_loss,
       params_stddev_offset=FLAGS.regression_params_stddev_offset,
       max_params_stddev=FLAGS.regression_max_params_stddev,
       latent_clip=FLAGS.regression_latent_clip, kl_weight=FLAGS.kl_weight,
