@@ -27,6 +27,7 @@ import codecs
 import dataclasses
 import importlib
 import io
+import json
 import os
 import pickle
 import struct
@@ -523,7 +524,8 @@ class _Python2StylePickler(pickle._Pickler):  # pylint: disable=protected-access
     super().save_global(obj, name)
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
+  """Flushes a folder's entries (a rename in it) to disk where the system allows."""
   try:
     fd = os.open(folder, os.O_RDONLY)
   except OSError:  # Some systems cannot open folders; the rename is still atomic.
@@ -566,7 +568,7 @@ def atomic_write(path: str, write_fn) -> None:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
-  _fsync_dir(folder)
+  fsync_dir(folder)
 
 
 def write_split(path: str, embeddings: np.ndarray, keys: Sequence[str],
@@ -604,3 +606,9 @@ def write_split(path: str, embeddings: np.ndarray, keys: Sequence[str],
       "labels": labels,  # [n]
   }
   atomic_write(path, lambda f: _Python2StylePickler(f, protocol=2).dump(data))
+
+
+def write_json_atomically(path: str, data: dict) -> None:
+  """Writes `data` as JSON with atomic_write: readers never see a partial file."""
+  text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+  atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -58,6 +58,7 @@ import tensorflow as tf
 
 import leo_tf
 from leo_tf import classifier
+from leo_tf import embeddings
 from leo_tf import inner_loops
 from leo_tf import trainer
 from leo_tf.model import LEO
@@ -319,21 +320,7 @@ def _fsync_tree(folder: str) -> None:
     for name in files:
       with open(os.path.join(root, name), "rb") as f:
         os.fsync(f.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(folder: str) -> None:
-  """Flushes a folder's entries (a rename in it) to disk where the system allows."""
-  try:
-    fd = os.open(folder, os.O_RDONLY)
-  except OSError:  # Some systems cannot open folders; the rename is still atomic.
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+    embeddings.fsync_dir(root)
 
 
 def export_model(model: LEO, run_config: trainer.RunConfig, export_dir: str,
@@ -406,7 +393,7 @@ def export_model(model: LEO, run_config: trainer.RunConfig, export_dir: str,
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
-  _fsync_dir(export_dir)
+  embeddings.fsync_dir(export_dir)
   return final_dir
 
 

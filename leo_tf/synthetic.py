@@ -216,11 +216,6 @@ def _settings(config: SyntheticConfig, num_eval_tasks: int) -> dict[str, Any]:
               ncm_queries_per_class=_NCM_QUERIES)
 
 
-def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
-  text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-  emb.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def output_folder(output_path: str) -> str:
   """<output_path>/synthetic/center: where the generator writes."""
   return os.path.join(output_path, DATASET_NAME, EMBEDDING_CROP)
@@ -294,7 +289,7 @@ def generate(config: SyntheticConfig, output_path: str, num_eval_tasks: int = 20
       "ncm_nuisance_removed": ncm_removed,
       "files": files,
   }
-  _write_json_atomically(info_path, info)
+  emb.write_json_atomically(info_path, info)
   return dict(info, skipped=False, seconds=time.perf_counter() - start)
 
 

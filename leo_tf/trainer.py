@@ -45,6 +45,7 @@ from leo_tf import outer
 from leo_tf import prototypes
 from leo_tf import seeds
 from leo_tf.config import DataConfig, ModelConfig, OuterConfig
+from leo_tf.embeddings import write_json_atomically  # re-exported for the run's files
 from leo_tf.model import LEO, ProblemInstance
 
 BEST_POINTER = "best.json"
@@ -104,19 +105,6 @@ def build_model(config: RunConfig):
   if config.model_name == "prototypes":
     return prototypes.Prototypes(prototypes.PrototypesConfig(config.model.embedding_dim))
   return LEO(config.model, seed=config.outer.seed)
-
-
-def write_json_atomically(path: str, data: dict[str, Any]) -> None:
-  """Writes JSON to a temporary file in the same folder, then renames it."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def confidence_interval(accuracies: np.ndarray) -> tuple[float, float, float]:
