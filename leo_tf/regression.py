@@ -29,8 +29,27 @@ deterministic path (code and parameters at their means).
 
 Losses: the support loss of one point is (f(x) - y)^2 / K, so that the inner
 gradient (of the sum over the support set, inner_loops.py) is the gradient of
-the support MSE; the query loss is the MSE averaged over the S samples and M
-queries.
+the support MSE. The query loss is, with query_loss="samples", the MSE of each
+sampled function averaged over the S samples and M queries (bias^2 + variance
+of the samples); with query_loss="mean", the MSE of the samples' average, the
+mean prediction that evaluation scores (bias^2 + variance / S), which leaves
+the KL term freer to keep the samples apart.
+
+Where this departs from a literal reading of appendix A, and why (each was
+needed for meta-training to run at all; see the regression issue's notes):
+  - the decoder's output has a learned offset (`decoder_bias`): theta_0 and
+    u_0, the parameters and unnormalised stddevs that the code z = 0 decodes
+    to, initialised as a fresh MLP (Glorot kernels, zero biases) with stddev
+    `params_stddev_offset`. Without it, the bias-free decoder makes the
+    parameters proportional to |z| and f_theta a cubic polynomial of z: the
+    latent gradient is ~0 at the small initial codes and the inner loop
+    diverges at larger ones (NaN within 50 steps). The hidden layers of g_e,
+    g_r and g_d keep no biases.
+  - the encoder reads (x, y) / input_scale, and both Gaussians' stddevs are
+    softly bounded (bounded_gaussian): sigma^e below the prior's 1 and sigma^d
+    below max_params_stddev, so that exp(u) cannot overflow.
+  - the decoder reads the codes through a soft clip c tanh(z / c), so that an
+    inner step that overshoots cannot feed ever larger codes to the next one.
 """
 
 from __future__ import annotations

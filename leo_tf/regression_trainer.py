@@ -42,6 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from leo_tf import embeddings
 from leo_tf import export as export_lib
 from leo_tf import maml as maml_lib
 from leo_tf import outer
@@ -140,7 +141,7 @@ def _check_resume_config(config: RegressionRunConfig) -> None:
   path = os.path.join(config.outer.checkpoint_path, "config.json")
   current = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, as saved
   if not os.path.isfile(path):
-    trainer.write_json_atomically(path, current)
+    embeddings.write_json_atomically(path, current)
     return
   with open(path) as f:
     saved = json.load(f)
@@ -303,7 +304,7 @@ class _ModelRun:
     os.makedirs(best_dir, exist_ok=True)
     step = int(self.step.numpy())
     prefix = self.checkpoint.write(os.path.join(best_dir, f"ckpt-{step}"))
-    trainer.write_json_atomically(os.path.join(best_dir, trainer.BEST_POINTER), {
+    embeddings.write_json_atomically(os.path.join(best_dir, trainer.BEST_POINTER), {
         "checkpoint": os.path.basename(prefix), "step": step, "metavalid_mse": mse})
     keep = os.path.basename(prefix)
     for name in os.listdir(best_dir):
@@ -406,7 +407,7 @@ def train(config: RegressionRunConfig) -> dict[str, Any]:
   training = {name: _train_model(name, config) for name in config.models}
   results = evaluate(config)
   results["training"] = training
-  trainer.write_json_atomically(results["results_file"], results)
+  embeddings.write_json_atomically(results["results_file"], results)
   print(f"Checkpoints: {config.outer.checkpoint_path}/<model>/ckpt\nTensorBoard: tensorboard "
         f"--logdir {config.outer.checkpoint_path}\nResults: {results['results_file']}\n"
         f"Figure: {results.get('figure')}", flush=True)
@@ -483,7 +484,7 @@ def evaluate(config: RegressionRunConfig, split: str = "test", figure: bool = Tr
     results["figure_tasks"] = draw_figure(path, tasks, params, predictions, config)
   results_file = os.path.join(o.checkpoint_path, RESULTS_FILE.format(split=split))
   results["results_file"] = results_file
-  trainer.write_json_atomically(results_file, results)
+  embeddings.write_json_atomically(results_file, results)
   return results
 
 
@@ -505,15 +506,16 @@ def pick_figure_tasks(tasks: sinusoid.RegressionTasks, params: sinusoid.TaskPara
                       noise_stddev: float) -> dict[str, list[int]]:
   """Indices of held-out tasks to draw: ambiguous sines, clear sines, lines (2 each).
 
-  Ambiguous: a sine of amplitude >= 1 whose five noisy points a straight line
+  Ambiguous: sines of amplitude >= 1.5 whose five noisy points a straight line
   fits to within the noise (line_fit_rms <= noise_stddev), so that both
-  families explain the data. Clear sines: the largest line-fit residuals.
-  Lines: the first two line tasks. The first tasks in order that qualify, so
-  the choice is deterministic.
+  families explain the data; the two that a line fits best. Clear sines: the
+  first two whose line fit is off by more than 4 noise standard deviations.
+  Lines: the first two line tasks. The choice is deterministic.
   """
   rms = sinusoid.line_fit_rms(tasks)  # [N]
   sine = params.is_sine
-  ambiguous = np.flatnonzero(sine & (params.amplitude >= 1.0) & (rms <= noise_stddev))[:2]
+  candidates = np.flatnonzero(sine & (params.amplitude >= 1.5) & (rms <= noise_stddev))
+  ambiguous = candidates[np.argsort(rms[candidates], kind="stable")][:2]
   clear = np.flatnonzero(sine & (rms > 4 * noise_stddev))[:2]
   lines = np.flatnonzero(~sine)[:2]
   return {"ambiguous": ambiguous.tolist(), "sine": clear.tolist(), "line": lines.tolist()}
@@ -722,7 +724,7 @@ def export_model(model: regression.LEORegression, config: RegressionRunConfig, e
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
-  export_lib._fsync_dir(export_dir)  # pylint: disable=protected-access
+  embeddings.fsync_dir(export_dir)
   return final_dir
 
 

@@ -268,15 +268,15 @@ def test_scores_by_hand():
 
 
 def _run_config(path, **overrides):
-  outer = OuterConfig(metatrain_batch_size=10, num_steps_limit=60, outer_lr=3e-3,
+  outer = OuterConfig(metatrain_batch_size=8, num_steps_limit=40, outer_lr=3e-3,
                       gradient_threshold=0.0, gradient_norm_threshold=1.0,
-                      checkpoint_path=str(path), checkpoint_steps=60, num_metavalid_tasks=30,
-                      num_metatest_tasks=60, metavalid_batch_size=30, metatest_batch_size=30,
+                      checkpoint_path=str(path), checkpoint_steps=40, num_metavalid_tasks=20,
+                      num_metatest_tasks=40, metavalid_batch_size=20, metatest_batch_size=40,
                       jit_compile=False)
-  settings = dict(model=dataclasses.replace(SMALL, hidden_units=(20, 20), num_latents=4),
-                  maml=maml_lib.MAMLConfig(hidden_units=(20, 20), num_inner_steps=2),
-                  outer=outer, maml_num_steps_limit=60, num_eval_samples=20,
-                  num_valid_samples=5, num_eval_points=25, summary_steps=20, progress=False)
+  settings = dict(model=dataclasses.replace(SMALL, hidden_units=(10, 10), num_latents=4),
+                  maml=maml_lib.MAMLConfig(hidden_units=(10, 10), num_inner_steps=2),
+                  outer=outer, maml_num_steps_limit=40, maml_outer_lr=1e-2, num_eval_samples=10,
+                  num_valid_samples=4, num_eval_points=15, summary_steps=20, progress=False)
   settings.update(overrides)
   return regression_trainer.RegressionRunConfig(**settings)
 
@@ -292,17 +292,17 @@ def trained_run(tmp_path_factory):
 def test_short_run_lowers_the_mse_and_writes_everything(trained_run):
   config, results = trained_run
   path = config.outer.checkpoint_path
-  tasks, _ = sinusoid.heldout_tasks(config.eval_seed, "test", 60, 25, config.tasks)
+  tasks, _ = sinusoid.heldout_tasks(config.eval_seed, "test", 40, 15, config.tasks)
   # What the initial models score on the same held-out tasks.
   for name in ("leo", "maml"):
     initial = regression_trainer.build_model(name, config)
-    predict = regression_trainer.make_predict_step(initial, 20 if name == "leo" else 1, False)
-    samples = regression_trainer.predict_tasks(predict, tasks, 30, config.eval_seed)
+    predict = regression_trainer.make_predict_step(initial, 10 if name == "leo" else 1, False)
+    samples = regression_trainer.predict_tasks(predict, tasks, 40, config.eval_seed)
     initial_mse = regression_trainer.mse_of_mean(samples, tasks.val_target).mean()
     assert results[name]["mse"]["mean"] < 0.8 * initial_mse, (name, results[name], initial_mse)
   assert 0.0 <= results["leo"]["coverage90"]["mean"] <= 1.0
   assert results["leo"]["nonfinite_tasks"] == 0
-  assert results["training"]["leo"]["steps_run"] == 60
+  assert results["training"]["leo"]["steps_run"] == 40
   with open(os.path.join(path, "results_test.json")) as f:
     assert json.load(f)["leo_vs_maml"]["mse_ratio"] == results["leo_vs_maml"]["mse_ratio"]
   with open(os.path.join(path, "figure3.png"), "rb") as f:
