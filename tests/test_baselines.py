@@ -188,7 +188,8 @@ def test_metasgd_compiled_outer_step_learns():
   problem = testing.random_problem(6, 3, 1, 4, 8, seed=11)
   problem = problem._replace(val_input=np.repeat(problem.tr_input, 4, axis=2) + 0.1 * problem.val_input)
   model = _metasgd(8, 3, steps=1, lr=0.5, dtype="float32")
-  config = OuterConfig(outer_lr=0.05, gradient_threshold=0, gradient_norm_threshold=0)
+  config = OuterConfig(outer_lr=0.05, gradient_threshold=0, gradient_norm_threshold=0,
+                       jit_compile=False)
   step = outer.make_train_step(model, outer.make_optimizer(model, config), config)
   losses = [float(step(problem, tf.constant([0, i])).val_loss) for i in range(30)]
   assert losses[-1] < 0.5 * losses[0], losses
