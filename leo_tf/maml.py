@@ -77,18 +77,18 @@ class MAML(tf.Module):
     return [self.init_params]
 
   def __call__(self, tasks: RegressionTasks, *, training: bool, seed: tf.Tensor | None = None,
-               num_samples: int | None = None, use_means: bool = False
+               num_samples: int | None = None, use_means: bool = False, noise: None = None
                ) -> regression.RegressionOutputs:
     """Adapts theta_0 to each task and predicts its queries.
 
-    The signature is LEORegression's; MAML draws nothing, so seed, num_samples
-    and use_means are ignored and S = 1.
+    The signature is LEORegression's; MAML draws nothing, so seed, num_samples,
+    use_means and noise are ignored and S = 1.
 
     Returns:
       RegressionOutputs with S = 1 (kl, encoder_penalty and the latents are
       zeros of shape [B] and [B, 1, 0]).
     """
-    del seed, num_samples, use_means  # deterministic
+    del seed, num_samples, use_means, noise  # deterministic
     if training is None or not isinstance(training, bool):
       raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
     regression.validate_tasks(tasks)

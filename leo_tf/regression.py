@@ -282,6 +282,18 @@ class RegressionOutputs(NamedTuple):
   val_predictions: tf.Tensor  # [B, S, M, 1] f_theta'(query x)
 
 
+class RegressionNoise(NamedTuple):
+  """Every random draw of one sampled pass over B tasks with S samples each.
+
+  Drawn by LEORegression.draw_noise from one stateless seed with TFP's kernels,
+  outside the XLA-compiled steps (as the classification model's Noise), so the
+  same seed gives the same numbers with XLA on or off.
+  """
+
+  latent_eps: tf.Tensor  # [B, S, n_z] eps of the sampled codes
+  params_eps: tf.Tensor  # [T + 1, B, S, P] eps of the parameters decoded after step t
+
+
 def validate_tasks(tasks: RegressionTasks) -> None:
   """Raises ValueError naming the field for malformed task batches (static shapes)."""
   for name in ("tr_input", "tr_output", "val_input"):
@@ -355,9 +367,19 @@ class LEORegression(tf.Module):
     """Everything the outer loop trains, in a fixed order."""
     return [*self.regularized_kernels, self.decoder_bias, self.inner_lr, self.finetuning_lr]
 
-  def num_seeds(self) -> int:
-    """Stateless seeds one sampled forward pass consumes: the codes, then one per decoding."""
-    return 1 + self.config.inner_unroll_length + 1
+  def draw_noise(self, tasks: RegressionTasks, seed: tf.Tensor, num_samples: int | None = None
+                 ) -> RegressionNoise:
+    """All random draws of a sampled pass on `tasks` (S = num_samples), from an int32 [2] seed."""
+    c = self.config
+    num_samples = num_samples or c.num_samples
+    batch_size = tf.shape(tasks.tr_input)[0]
+    latent_seed, params_seed = seeds.split_seed(seed, 2)
+    return RegressionNoise(
+        latent_eps=distributions.standard_normal(
+            tf.stack([batch_size, num_samples, c.num_latents]), latent_seed, self.dtype),
+        params_eps=distributions.standard_normal(
+            tf.stack([c.inner_unroll_length + 1, batch_size, num_samples, self.num_params]),
+            params_seed, self.dtype))
 
   def latent_distribution(self, tr_input: tf.Tensor, tr_output: tf.Tensor
                           ) -> distributions.tfd.Normal:
@@ -384,7 +406,8 @@ class LEORegression(tf.Module):
     return bounded_gaussian(params, c.params_stddev_offset, c.max_params_stddev)
 
   def __call__(self, tasks: RegressionTasks, *, training: bool, seed: tf.Tensor | None = None,
-               num_samples: int | None = None, use_means: bool = False) -> RegressionOutputs:
+               num_samples: int | None = None, use_means: bool = False,
+               noise: RegressionNoise | None = None) -> RegressionOutputs:
     """Runs LEO on a batch of tasks.
 
     Args:
@@ -393,10 +416,12 @@ class LEORegression(tf.Module):
       training: meta-training (KL and encoder penalty computed) or evaluation.
         Both sample codes and parameters.
       seed: int32 [2] stateless seed; required unless nothing is sampled
-        (use_means or the deterministic ablation).
-      num_samples: S, samples per task (default: config.num_samples).
+        (use_means or the deterministic ablation) or `noise` is given.
+      num_samples: S, samples per task (default: config.num_samples; with
+        `noise`, its S).
       use_means: take the means of q(z | D^tr) and p(theta | z) instead of
         samples (then S = 1).
+      noise: the draws (draw_noise), instead of drawing them here from seed.
 
     Returns:
       RegressionOutputs.
@@ -406,12 +431,14 @@ class LEORegression(tf.Module):
     validate_tasks(tasks)
     c = self.config
     sample = not (use_means or c.deterministic)
-    if sample and seed is None:
+    if sample and seed is None and noise is None:
       raise ValueError("LEORegression samples codes and parameters (in training and "
                        "evaluation): pass seed, an int32 [2] tensor, or use_means=True.")
     num_samples = 1 if not sample else (num_samples or c.num_samples)
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    if sample and noise is None:
+      noise = self.draw_noise(tasks, seed, num_samples)
     tr_input = tf.convert_to_tensor(tasks.tr_input, self.dtype)  # [B, K, 1]
     tr_output = tf.convert_to_tensor(tasks.tr_output, self.dtype)  # [B, K, 1]
     val_input = tf.convert_to_tensor(tasks.val_input, self.dtype)  # [B, M, 1]
@@ -423,24 +450,22 @@ class LEORegression(tf.Module):
     q = self.latent_distribution(tr_input, tr_output)  # [B, n_z]
     zero = tf.zeros([batch_size], self.dtype)
     if sample:
-      all_seeds = seeds.split_seed(seed, self.num_seeds())
-      latent_seed, decode_seeds = all_seeds[0], all_seeds[1:]
-      shape = [batch_size, num_samples, c.num_latents]
+      shape = tf.shape(noise.latent_eps)  # [B, S, n_z]
       q_tiled = distributions.tfd.Normal(  # [B, n_z] -> [B, S, n_z]
           tf.broadcast_to(q.loc[:, None], shape), tf.broadcast_to(q.scale[:, None], shape))
-      latents, noise = distributions.sample_with_noise(q_tiled, latent_seed)  # [B, S, n_z]
-      kl = (distributions.kl_to_standard_normal(q_tiled, latents, noise, c.kl_estimator,
-                                                reduce_axes=[1, 2]) if training else zero)
+      latents = distributions.possibly_sample(q_tiled, training=True, deterministic=False,
+                                              noise=noise.latent_eps)  # mu + sigma eps
+      kl = (distributions.kl_to_standard_normal(q_tiled, latents, noise.latent_eps,
+                                                c.kl_estimator, reduce_axes=[1, 2])
+            if training else zero)
     else:
-      decode_seeds = [None] * (t + 1)
       latents = q.loc[:, None]  # [B, n_z] -> [B, 1, n_z]
       kl = zero
 
     def decode_fn(z, i):
       theta = self.params_distribution(z)  # [B, S, P]
-      if not sample:
-        return theta.loc
-      return theta.sample(seed=decode_seeds[i])
+      return distributions.possibly_sample(theta, training=sample, deterministic=False,
+                                           noise=noise.params_eps[i] if sample else None)
 
     def loss_fn(theta, i):
       del i  # the support loss has no randomness of its own

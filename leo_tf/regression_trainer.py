@@ -172,6 +172,13 @@ def build_model(name: str, config: RegressionRunConfig):
 # The compiled steps.
 
 
+def _draw_noise(model, tasks: sinusoid.RegressionTasks, seed: tf.Tensor, num_samples=None):
+  """The model's random draws for a pass (LEO), None for a model that draws none (MAML)."""
+  if not hasattr(model, "draw_noise"):
+    return None
+  return model.draw_noise(tasks, seed, num_samples)
+
+
 def make_train_step(model, optimizer, config: OuterConfig
                     ) -> Callable[[sinusoid.RegressionTasks, tf.Tensor], dict[str, tf.Tensor]]:
   """Returns step(tasks, seed) -> metrics: second-order meta-gradient, fallback, clip, Adam.
@@ -179,14 +186,15 @@ def make_train_step(model, optimizer, config: OuterConfig
   The outer loop of outer.meta_gradients, for a model whose outputs are
   RegressionOutputs: NaN/Inf in the loss or a gradient replaces the gradients
   by those of the small weight decay (outer.fallback_gradients), then each is
-  clipped (outer.clip_gradients).
+  clipped (outer.clip_gradients). As outer.make_train_step, the random draws
+  are made first, outside the XLA cluster, so XLA on and off draw the same.
   """
 
   @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
-  def train_step(tasks: sinusoid.RegressionTasks, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+  def compiled_step(tasks: sinusoid.RegressionTasks, noise) -> dict[str, tf.Tensor]:
     variables = model.meta_variables
     with tf.GradientTape() as tape:
-      outputs = model(tasks, training=True, seed=seed)
+      outputs = model(tasks, training=True, noise=noise)
       loss = model.meta_loss(outputs)
     grads = tape.gradient(loss.total, variables)
     grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
@@ -202,6 +210,10 @@ def make_train_step(model, optimizer, config: OuterConfig
             "orthogonality": loss.orthogonality, "gradient_norm": gradient_norm,
             "fallback": 1.0 - tf.cast(finite, loss.total.dtype)}
 
+  @tf.function(reduce_retracing=True)
+  def train_step(tasks: sinusoid.RegressionTasks, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    return compiled_step(tasks, _draw_noise(model, tasks, seed))
+
   return train_step
 
 
@@ -210,8 +222,12 @@ def make_predict_step(model, num_samples: int, jit_compile: bool
   """Returns predict(tasks, seed) -> sampled predictions [B, S, M, 1] (MAML: S = 1)."""
 
   @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+  def compiled_predict(tasks: sinusoid.RegressionTasks, noise) -> tf.Tensor:
+    return model(tasks, training=False, num_samples=num_samples, noise=noise).val_predictions
+
+  @tf.function(reduce_retracing=True)
   def predict(tasks: sinusoid.RegressionTasks, seed: tf.Tensor) -> tf.Tensor:
-    return model(tasks, training=False, seed=seed, num_samples=num_samples).val_predictions
+    return compiled_predict(tasks, _draw_noise(model, tasks, seed, num_samples))
 
   return predict
 
@@ -314,9 +330,13 @@ class _ModelRun:
 
 
 def _write_summaries(writer, step: int, scalars: dict[str, float]) -> None:
-  with writer.as_default(step=step):
+  """Writes float32 scalars; values beyond float32's range (a diverged MAML) become +-Inf.
+
+  (tf.summary.scalar refuses a Python float that does not fit in float32.)
+  """
+  with writer.as_default(step=step), np.errstate(over="ignore"):
     for name, value in scalars.items():
-      tf.summary.scalar(name, value)
+      tf.summary.scalar(name, np.float32(value))
 
 
 def _train_model(name: str, config: RegressionRunConfig) -> dict[str, Any]:
@@ -359,7 +379,7 @@ def _train_model(name: str, config: RegressionRunConfig) -> dict[str, Any]:
     patience = o.early_stopping_patience
     return bool(patience) and int(run.evals_without_improvement.numpy()) >= patience
 
-  t0 = time.time()
+  t0, cpu0 = time.time(), time.process_time()
   pending: list[dict[str, tf.Tensor]] = []
   fallbacks = 0
   step = start
@@ -386,12 +406,15 @@ def _train_model(name: str, config: RegressionRunConfig) -> dict[str, Any]:
         progress.message(f"[{name}] Early stopping at step {step}: no better meta-validation "
                          f"MSE in {o.early_stopping_patience} evaluations.")
         break
-  seconds = time.time() - t0
+  seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
   train_writer.flush()
   valid_writer.flush()
   if not os.path.isfile(os.path.join(run.path, "best", trainer.BEST_POINTER)):
     validate(step)  # e.g. num_steps_limit = 0: the initial model is the best there is
-  return {"train_seconds": seconds, "steps_run": step - start, "final_step": step,
+  # CPU seconds of all the process's threads: on a shared machine, what the
+  # training cost, whatever else ran (wall time / CPU time ~ 1 / cores used).
+  return {"train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
+          "steps_run": step - start, "final_step": step,
           "nan_fallbacks": fallbacks, "stopped_early": stopped_early}
 
 

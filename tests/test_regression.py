@@ -354,3 +354,28 @@ def test_sines_flagfile_names_only_known_flags():
   assert "problem" in names
   for name in names:
     assert name in flags.FLAGS, f"sines.flags: unknown flag {name}"
+
+
+def test_predictions_xla_equal_graph_for_a_seed():
+  # The draws are made outside the XLA cluster, so both give the same samples.
+  model = regression.LEORegression(dataclasses.replace(SMALL, inner_unroll_length=1), seed=5)
+  tasks = _tasks(2, num_val=4)
+  seed = tf.constant([9, 1])
+  graph = regression_trainer.make_predict_step(model, 3, jit_compile=False)(tasks, seed)
+  xla = regression_trainer.make_predict_step(model, 3, jit_compile=True)(tasks, seed)
+  eager = model(tasks, training=False, seed=seed, num_samples=3).val_predictions
+  np.testing.assert_allclose(xla.numpy(), graph.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(eager.numpy(), graph.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_summaries_accept_values_beyond_float32(tmp_path):
+  # A diverged MAML's validation MSE (1e300) once stopped training with a ValueError.
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  regression_trainer._write_summaries(writer, 1, {"mse": 1e300, "ok": 2.5})  # pylint: disable=protected-access
+  writer.flush()
+  values = {}
+  for name in os.listdir(tmp_path):
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(tmp_path, name)):
+      for v in event.summary.value:
+        values[v.tag] = float(tf.make_ndarray(v.tensor))
+  assert values == {"mse": math.inf, "ok": 2.5}
