@@ -73,6 +73,7 @@ class RegressionRunConfig:
                                    metatest_batch_size=20)  # LEO's outer loop, and the run's
   maml_num_steps_limit: int = 20_000  # MAML's meta-training steps
   maml_outer_lr: float = 1e-3  # MAML's Adam learning rate
+  maml_batch_size: int = 25  # MAML's tasks per meta-training step
   models: tuple[str, ...] = MODELS  # which models to train and evaluate
   num_eval_points: int = 100  # query grid per evaluation task
   num_eval_samples: int = 100  # LEO's sampled functions per evaluation task
@@ -87,7 +88,7 @@ class RegressionRunConfig:
     for name in ("maml_num_steps_limit",):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-    for name in ("num_eval_points", "num_eval_samples", "summary_steps"):
+    for name in ("num_eval_points", "num_eval_samples", "summary_steps", "maml_batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
     if self.num_valid_samples < 2:
@@ -101,11 +102,12 @@ class RegressionRunConfig:
       raise ValueError(f"eval_seed must be >= 0, got {self.eval_seed}.")
 
   def outer_config(self, name: str) -> OuterConfig:
-    """The outer loop of model `name`: LEO's as given; MAML's with its own steps and rate."""
+    """The outer loop of model `name`: LEO's as given; MAML's with its own steps, rate, batch."""
     if name == "leo":
       return self.outer
     return dataclasses.replace(self.outer, num_steps_limit=self.maml_num_steps_limit,
-                               outer_lr=self.maml_outer_lr)
+                               outer_lr=self.maml_outer_lr,
+                               metatrain_batch_size=self.maml_batch_size)
 
   def to_dict(self) -> dict[str, Any]:
     return {"problem": PROBLEM, **dataclasses.asdict(self)}
@@ -132,7 +134,7 @@ _RESUME_FIELDS = {
     "tasks": [f.name for f in dataclasses.fields(sinusoid.SinusoidConfig)],
     "outer": ["metatrain_batch_size", "outer_lr", "gradient_threshold", "gradient_norm_threshold",
               "seed", "jit_compile"],
-    "": ["maml_outer_lr", "eval_seed"],
+    "": ["maml_outer_lr", "maml_batch_size", "eval_seed"],
 }
 
 
