@@ -120,6 +120,7 @@ flags.DEFINE_float("regression_maml_inner_lr", 0.01, "alpha of the MAML baseline
 flags.DEFINE_integer("regression_maml_inner_steps", 5, "MAML's inner gradient steps.")
 flags.DEFINE_integer("regression_maml_num_steps", 20_000, "MAML's meta-training steps.")
 flags.DEFINE_float("regression_maml_outer_lr", 1e-3, "MAML's Adam learning rate.")
+flags.DEFINE_integer("regression_maml_batch_size", 25, "MAML's tasks per meta-training step.")
 
 FLAGS = flags.FLAGS
 
@@ -182,6 +183,7 @@ def regression_config_from_flags():
       model=model, maml=maml_config, tasks=tasks, outer=config_from_flags().outer,
       maml_num_steps_limit=FLAGS.regression_maml_num_steps,
       maml_outer_lr=FLAGS.regression_maml_outer_lr,
+      maml_batch_size=FLAGS.regression_maml_batch_size,
       models=("leo", "maml") if FLAGS.regression_model == "both" else (FLAGS.regression_model,),
       num_eval_points=FLAGS.regression_num_eval_points,
       num_eval_samples=FLAGS.regression_num_eval_samples,
