@@ -22,6 +22,8 @@ setuptools.setup(
         "tensorflow-serving-api~=2.21.0",
         # TFDS 4.9 needs it to prepare a dataset but does not declare it (tensorflow/datasets#11212).
         "importlib_resources~=7.0",
+        # Figures: regression samples (figure 3) and the latent space (figure 4).
+        "matplotlib~=3.8",
     ],
     extras_require={"test": ["pytest~=9.0"]},
 )
