@@ -34,15 +34,23 @@ from leo_tf import episodes
 from leo_tf import trainer
 
 
-def load_run_config(checkpoint_path: str) -> trainer.RunConfig:
-  """The RunConfig that a training run wrote to <checkpoint_path>/config.json."""
+def load_run_config(checkpoint_path: str, data_path: str | None = None) -> trainer.RunConfig:
+  """The RunConfig that a training run wrote to <checkpoint_path>/config.json.
+
+  Its checkpoint_path becomes `checkpoint_path` (the run may have been moved),
+  and its data_path `data_path` when given.
+  """
   path = os.path.join(checkpoint_path, "config.json")
   if not os.path.isfile(path):
     raise ValueError(
         f"{path}: no such file; checkpoint_path must be a LEO training run's folder "
         "(python -m leo_tf.train --checkpoint_path=...).")
   with open(path) as f:
-    return trainer.RunConfig.from_dict(json.load(f))
+    config = trainer.RunConfig.from_dict(json.load(f))
+  data = config.data if data_path is None else dataclasses.replace(config.data,
+                                                                   data_path=data_path)
+  return dataclasses.replace(config, data=data, outer=dataclasses.replace(
+      config.outer, checkpoint_path=checkpoint_path))
 
 
 def collect_codes(config: trainer.RunConfig, split: str = "val", num_tasks: int = 1000,
@@ -171,9 +179,9 @@ def plot(codes: dict[str, np.ndarray], path: str, title: str = "") -> dict[str, 
 
 
 def make_figure(checkpoint_path: str, output: str, num_tasks: int = 1000,
-                split: str = "val") -> dict[str, Any]:
+                split: str = "val", data_path: str | None = None) -> dict[str, Any]:
   """Collects the codes of a LEO run and writes the PNG and <output>.json; returns the summary."""
-  config = load_run_config(checkpoint_path)
+  config = load_run_config(checkpoint_path, data_path)
   codes = collect_codes(config, split, num_tasks)
   d = config.data
   summary = plot(codes, output, title=f"LEO latent codes, {d.dataset_name} {d.num_classes}-way "
@@ -192,7 +200,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   f = flags.FLAGS
   try:
-    summary = make_figure(f.checkpoint_path, f.output, f.num_tasks, f.split)
+    summary = make_figure(f.checkpoint_path, f.output, f.num_tasks, f.split, f.data_path)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"leo_tf.latent_figure: error: {e}") from None
   print(json.dumps(summary, indent=2, sort_keys=True))
@@ -205,4 +213,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", "latents.png", "The PNG to write (and <output>.json).")
   flags.DEFINE_integer("num_tasks", 1000, "Tasks to encode and adapt.")
   flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Which classes the tasks use.")
+  flags.DEFINE_string("data_path", None, "Embeddings folder, if not the run's own data_path.")
   app.run(main)
