@@ -185,7 +185,7 @@ def mlp_predict(params: tf.Tensor, inputs: tf.Tensor, hidden_units: Sequence[int
   hidden = inputs
   num_layers = len(shapes) // 2
   for layer in range(num_layers):
-    (_, w_shape), (_, b_shape) = shapes[2 * layer], shapes[2 * layer + 1]
+    _, w_shape = shapes[2 * layer]
     kernel = tf.reshape(parts[2 * layer], tf.concat([lead, w_shape], 0))  # [..., in, out]
     bias = parts[2 * layer + 1][..., None, :]  # [..., out] -> [..., 1, out]
     hidden = tf.matmul(hidden, kernel) + bias  # [..., M, in] @ [..., in, out] -> [..., M, out]
@@ -237,7 +237,10 @@ def bounded_gaussian(params: tf.Tensor, stddev_offset: float, max_stddev: float
 
 
 class BiasFreeMLP(keras.layers.Layer):
-  """Linear layers without biases, ReLU between them (none after the last): [..., d] -> [..., units[-1]]."""
+  """Linear layers without biases, ReLU between them (none after the last).
+
+  [..., d] -> [..., units[-1]].
+  """
 
   def __init__(self, units: Sequence[int], *, seed: int | None = None, **kwargs):
     super().__init__(**kwargs)
@@ -343,7 +346,7 @@ class LEORegression(tf.Module):
     self.relation_network.build((None, None, None, units))
     self.decoder.build((None, n_z))
     # theta_0 and u_0: the decoder's output for z = 0, a freshly initialised MLP
-    # (Glorot kernels, zero biases) with stddev offset (u = 0). See decode_params.
+    # (Glorot kernels, zero biases) with stddev offset (u = 0); see the module docstring.
     theta_0 = glorot_params(c.hidden_units, np.random.default_rng(seed + 30))
     self.decoder_bias = tf.Variable(
         np.concatenate([theta_0, np.zeros(self.num_params)]).astype(c.dtype), name="decoder_bias")
@@ -498,7 +501,8 @@ class LEORegression(tf.Module):
       enc_penalty = zero
     return RegressionOutputs(
         val_loss=val_loss,
-        tr_loss=tf.reduce_mean(tr_loss, axis=[1, 2]) * num_tr,  # [B, S, K], each (f - y)^2 / K -> [B]
+        # [B, S, K], each point's (f - y)^2 / K -> the support MSE [B].
+        tr_loss=tf.reduce_mean(tr_loss, axis=[1, 2]) * num_tr,
         kl=kl, encoder_penalty=enc_penalty, latents=latents,
         adapted_latents=adapted_latents, params=theta, val_predictions=val_predictions)
 
