@@ -341,6 +341,14 @@ def test_export_round_trip(trained_run, tmp_path):
   np.testing.assert_allclose(out["samples"].numpy(), want, rtol=1e-4, atol=1e-4)
   with pytest.raises(tf.errors.InvalidArgumentError, match="support_y"):
     serve(support_x=support_x, support_y=support_y[:3], query_x=query_x)
+  # TF Serving's path: a TF1 session over the SavedModel reads the same variables.
+  with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], version_dir)
+    signature = meta.signature_def["serving_default"]
+    feed = {signature.inputs[k].name: v for k, v in
+            (("support_x", support_x), ("support_y", support_y), ("query_x", query_x))}
+    mean = sess.run(signature.outputs["mean"].name, feed)
+  np.testing.assert_allclose(mean, out["mean"].numpy(), rtol=1e-5, atol=1e-6)
   with open(os.path.join(version_dir, "assets.extra", "leo_config.json")) as f:
     assert json.load(f)["run_config"]["problem"] == "regression"
 
