@@ -10,8 +10,8 @@ and z' (after latent adaptation), projected to two dimensions by PCA fitted on
 both sets together:
 
   (a) every code of every task, before and after;
-  (b) the same projection for 25 tasks, an arrow from each code to its adapted
-      code (what adaptation does to each class of a task);
+  (b) the same projection for a few tasks (about 100 codes), an arrow from each
+      code to its adapted code (what adaptation does to each class of a task);
   (c) the norm of the change ||z' - z|| relative to ||z||, over all codes.
 
 The query accuracy of the same tasks is measured twice, with the adapted
@@ -148,8 +148,8 @@ def plot(codes: dict[str, np.ndarray], path: str, title: str = "") -> dict[str, 
   ax.legend(markerscale=6, loc="best")
 
   ax = axes[1]
-  shown = min(25, t)
   per_task = n * k
+  shown = min(t, max(1, 100 // per_task))
   colors = plt.cm.tab10(np.arange(n) % 10)  # one colour per class slot of a task
   for task in range(shown):
     for code in range(per_task):

@@ -335,25 +335,38 @@ def make_split(characters: Characters, class_lines: Sequence[str]) -> OmniglotSp
   return OmniglotSplit(images=stacked, class_names=tuple(class_lines), class_keys=tuple(keys))
 
 
+def evenly_spaced(items: Sequence[str], count: int | None) -> list[str]:
+  """count items at evenly spaced positions (first and last included), in order; all if None."""
+  if count is None or count >= len(items):
+    return list(items)
+  positions = np.linspace(0, len(items) - 1, count).round().astype(int)  # [count], increasing
+  return [items[i] for i in positions]
+
+
 def load_vinyals_splits(data_dir: str, image_size: int = IMAGE_SIZE,
                         max_classes: int | None = None, characters: Characters | None = None,
-                        ) -> dict[str, OmniglotSplit]:
+                        max_eval_classes: int | None = None) -> dict[str, OmniglotSplit]:
   """The train, val and test splits of Vinyals et al. from the shared folder.
 
   Args:
     data_dir: the shared Omniglot folder (npz files, index.csv, splits/vinyals).
     image_size: S.
-    max_classes: if set, keep only the first max_classes classes of each split
-      file (for quick runs and tests; the full split otherwise).
+    max_classes: if set, keep only so many classes of each split, evenly spaced
+      in the split file (so that they span its alphabets; the split files list
+      alphabet by alphabet), for quick runs and tests; the full split otherwise.
+    max_eval_classes: if set, keep only so many classes of val and test, likewise.
     characters: already loaded characters to take the images from (default:
       loaded from the npz files in data_dir).
 
   Returns:
     {"train": ..., "val": ..., "test": ...}; no character is in two splits.
   """
-  if max_classes is not None and max_classes < 1:
-    raise ValueError(f"max_classes must be >= 1 or None, got {max_classes}.")
-  lines = {s: read_split_file(data_dir, s)[:max_classes] for s in SPLITS}
+  for name, value in (("max_classes", max_classes), ("max_eval_classes", max_eval_classes)):
+    if value is not None and value < 1:
+      raise ValueError(f"{name} must be >= 1 or None, got {value}.")
+  lines = {s: evenly_spaced(read_split_file(data_dir, s), max_classes) for s in SPLITS}
+  for s in ("val", "test"):
+    lines[s] = evenly_spaced(lines[s], max_eval_classes)
   chars_of = {s: {parse_class_line(l)[0] for l in lines[s]} for s in SPLITS}
   for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
     shared = chars_of[a] & chars_of[b]

@@ -70,7 +70,8 @@ class PretrainConfig:
   learning_rate: float = 3e-3  # Adam, cosine-decayed to 0 over all steps
   weight_decay: float = 0.0  # decoupled weight decay (AdamW) on the backbone and head
   augment_shift: int = 2  # random translation by up to so many pixels (0: none)
-  max_classes: int | None = None  # keep the first classes of each split (quick runs, tests)
+  max_classes: int | None = None  # keep so many classes of each split (quick runs, tests)
+  max_eval_classes: int | None = None  # and so many of val and test (quick runs, tests)
   num_eval_tasks: int = 1000  # meta-validation tasks per epoch for choosing it
   eval_num_classes: int = 20  # N of those tasks
   eval_num_shots: int = 1  # K of those tasks
@@ -95,8 +96,9 @@ class PretrainConfig:
       raise ValueError(
           f"weight_decay and augment_shift must be >= 0, got {self.weight_decay} and "
           f"{self.augment_shift}.")
-    if self.max_classes is not None and self.max_classes < 2:
-      raise ValueError(f"max_classes must be >= 2 or None, got {self.max_classes}.")
+    for name in ("max_classes", "max_eval_classes"):
+      if getattr(self, name) is not None and getattr(self, name) < 2:
+        raise ValueError(f"{name} must be >= 2 or None, got {getattr(self, name)}.")
     if "-" in self.dataset_name or "/" in self.dataset_name or not self.dataset_name:
       raise ValueError(
           f"dataset_name must be a plain folder name without '-' or '/', got "
@@ -127,7 +129,8 @@ def omniglot_splits(config: PretrainConfig) -> dict[str, ImageSplit]:
     names = sorted({omniglot.parse_class_line(l)[0] for l in lines})
     characters = omniglot.load_characters_from_zips(config.omniglot_zips, size, names=names)
   splits = omniglot.load_vinyals_splits(config.data_dir, size, max_classes=config.max_classes,
-                                        characters=characters)
+                                        characters=characters,
+                                        max_eval_classes=config.max_eval_classes)
   out = {}
   for name, split in splits.items():
     images, labels = split.flat()  # [C*20, S, S, 1], [C*20]
@@ -153,6 +156,8 @@ def folder_splits(config: PretrainConfig) -> dict[str, ImageSplit]:
           "folder of images per class.")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     classes = classes[:config.max_classes]
+    if split != "train":
+      classes = classes[:config.max_eval_classes]
     if not classes:
       raise ValueError(f"{root}: no class folders found.")
     images, labels, keys = [], [], []

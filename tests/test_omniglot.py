@@ -49,6 +49,13 @@ def test_rotate_is_counter_clockwise_by_multiples_of_90():
     omniglot.rotate(image, 45)
 
 
+def test_evenly_spaced_subsets_span_the_list():
+  # linspace(0, 9, 4) = 0, 3, 6, 9
+  assert omniglot.evenly_spaced(list("abcdefghij"), 4) == ["a", "d", "g", "j"]
+  assert omniglot.evenly_spaced(list("abc"), None) == ["a", "b", "c"]
+  assert omniglot.evenly_spaced(list("abc"), 5) == ["a", "b", "c"]
+
+
 def test_resize_averages_ink_over_each_footprint():
   # 4x4 drawing, True = background; ink in the top-left 2x2 and one pixel of
   # the bottom-right 2x2 -> area resize to 2x2 gives ink fractions 1 and 1/4.

@@ -1,0 +1,166 @@
+"""Stage 1 (pretrain), figure 4 (latent_figure) and the reduced Omniglot pipeline."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from leo_tf import backbones
+from leo_tf import embeddings
+from leo_tf import latent_figure
+from leo_tf import omniglot_pipeline
+from leo_tf import pretrain
+from leo_tf.config import DataConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")
+needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, "index.csv")),
+                                reason="the shared Omniglot folder is not here")
+
+
+def test_random_shift_moves_each_image_by_its_offset():
+  # One ink pixel at the centre of 3x3 images; padding by 1 and cropping at
+  # offset (oy, ox) moves it from (1, 1) to (2 - oy, 2 - ox).
+  images = np.zeros((40, 3, 3, 1), np.float32)
+  images[:, 1, 1, 0] = 1.0
+  out = pretrain.random_shift(images, 1, np.random.default_rng(5))
+  offsets = np.random.default_rng(5).integers(0, 3, size=(40, 2))
+  for b in range(40):
+    expected = np.zeros((3, 3), np.float32)
+    expected[2 - offsets[b, 0], 2 - offsets[b, 1]] = 1.0
+    np.testing.assert_array_equal(out[b, :, :, 0], expected)
+  assert len({tuple(o) for o in offsets}) > 5  # the offsets do vary
+  np.testing.assert_array_equal(pretrain.random_shift(images, 0, np.random.default_rng(0)), images)
+
+
+def test_cosine_head_by_hand():
+  config = pretrain.PretrainConfig(head="cosine", cosine_scale_init=10.0)
+  variables, logits_fn = pretrain._build_head(2, 2, config)  # pylint: disable=protected-access
+  variables[0].assign([[3.0, 0.0], [4.0, -2.0]])  # columns (3, 4) and (0, -2)
+  # f = (6, 8) -> cos with (3, 4) is 1, with (0, -2) is -0.8.
+  np.testing.assert_allclose(logits_fn(tf.constant([[6.0, 8.0]])).numpy(), [[10.0, -8.0]],
+                             rtol=1e-6)
+
+
+def test_ncm_eval_on_separable_features():
+  keys = [f"s-c{c}-c{c}_{i}.png" for c in range(4) for i in range(5)]
+  features = np.repeat(np.eye(4, 6, dtype=np.float32), 5, axis=0)  # [20, 6], class c -> e_c
+  features += 0.01 * np.random.default_rng(0).standard_normal(features.shape).astype(np.float32)
+  split = pretrain.ImageSplit(images=np.zeros((20, 1, 1, 1), np.float32),
+                              labels=np.repeat(np.arange(4), 5), keys=tuple(keys), num_classes=4)
+  mean, half = pretrain.ncm_eval(features, split, num_classes=3, num_shots=1, num_tasks=20, seed=0)
+  assert mean == 1.0 and half == 0.0
+  features[:] = 1.0  # indistinguishable: every query ties and goes to class 0 -> 1/3
+  mean, _ = pretrain.ncm_eval(features, split, num_classes=3, num_shots=1, num_tasks=20, seed=0)
+  np.testing.assert_allclose(mean, 1 / 3)
+
+
+def _image_folder(root, num_classes=3, per_class=6, size=32):
+  """<root>/{train,val,test}/<class>/<i>.png: colour images, one hue per class."""
+  rng = np.random.default_rng(0)
+  for s, split in enumerate(("train", "val", "test")):
+    for c in range(num_classes):
+      folder = os.path.join(root, split, f"n{s}{c:07d}")
+      os.makedirs(folder)
+      for i in range(per_class):
+        image = rng.integers(0, 60, size=(size, size, 3))
+        image[:, :, c % 3] += 150
+        tf.io.write_file(os.path.join(folder, f"img-{i}.png"),
+                         tf.io.encode_png(image.astype(np.uint8)))
+
+
+def test_wide_resnet_at_reduced_size_from_an_image_folder(tmp_path):
+  _image_folder(str(tmp_path / "images"))
+  backbone = backbones.BackboneConfig(name="wide_resnet", image_size=32, image_channels=3,
+                                      wrn_depth=10, wrn_width=1)
+  config = pretrain.PretrainConfig(
+      image_dir=str(tmp_path / "images"), output_path=str(tmp_path / "out"),
+      dataset_name="tinyimages", backbone=backbone, epochs=1, batch_size=8, eval_num_classes=3,
+      num_eval_tasks=5, augment_shift=2, progress=False)
+  info = pretrain.pretrain(config)
+  assert info["embedding_dim"] == 64 and info["num_images"] == {"train": 18, "val": 18,
+                                                                  "test": 18}
+  split = embeddings.load_split(DataConfig(data_path=str(tmp_path / "out"),
+                                           dataset_name="tinyimages"), "test", embedding_dim=64)
+  assert split.class_names == ("n20000000", "n20000001", "n20000002")
+  assert split.image_names[0] == "n20000000_img_0.png"  # '-' in file names replaced
+  np.testing.assert_allclose(np.linalg.norm(split.embeddings, axis=1), 1.0, rtol=1e-5)
+  assert os.path.isfile(tmp_path / "out" / "tinyimages" / pretrain.WEIGHTS_FILE)
+
+
+@needs_data
+def test_pretrain_command_writes_omniglot_embeddings(tmp_path):
+  out = tmp_path / "emb"
+  result = subprocess.run(
+      [sys.executable, "-m", "leo_tf.pretrain", f"--data_dir={DATA}", f"--output_path={out}",
+       "--max_classes=8", "--epochs=1", "--conv4_channels=8,8,8,8", "--num_eval_tasks=10",
+       "--eval_num_classes=5", "--batch_size=32"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "stage 1 epoch 1/1" in result.stderr  # progress lines
+  with open(out / "omniglot" / pretrain.INFO_FILE) as f:
+    info = json.load(f)
+  assert info["embedding_dim"] == 8 and info["num_classes"] == {"train": 8, "val": 8, "test": 8}
+  for split in ("train", "val", "test"):
+    data = embeddings.read_embeddings_file(
+        str(out / "omniglot" / "center" / f"{split}_embeddings.pkl"), embedding_dim=8)
+    assert data.num_examples == 160
+    assert data.keys[0].startswith(f"omniglot_{split}-char") and data.keys[0].endswith("_01.png")
+  # Meta-test characters are not among the meta-training ones.
+  train = embeddings.read_embeddings_file(str(out / "omniglot/center/train_embeddings.pkl"), 8)
+  test = embeddings.read_embeddings_file(str(out / "omniglot/center/test_embeddings.pkl"), 8)
+  assert not set(train.class_names) & set(test.class_names)
+
+
+def test_pca_2d_by_hand():
+  # Points on the line y = 2x (plus a constant z): all variance on (1, 2, 0)/sqrt(5).
+  t = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+  points = np.stack([t, 2 * t, np.full_like(t, 3.0)], axis=1)
+  projected, components, explained = latent_figure.pca_2d(points)
+  np.testing.assert_allclose(components[0], np.array([1, 2, 0]) / np.sqrt(5), atol=1e-12)
+  np.testing.assert_allclose(projected[:, 0], t * np.sqrt(5), atol=1e-12)
+  np.testing.assert_allclose(explained, [1.0, 0.0], atol=1e-12)
+  with pytest.raises(ValueError, match=r"\[M, d\]"):
+    latent_figure.pca_2d(np.zeros((1, 3)))
+
+
+def test_results_table_and_goals():
+  def result(setting, model, acc, ci):
+    return {"setting": setting, "model": model, "ablation": "leo", "mean_accuracy": acc,
+            "ci95": ci}
+  results = [result("20way1shot", "leo", 0.976, 0.001), result("20way1shot", "metasgd", 0.97,
+                                                                0.002),
+             result("20way5shot", "leo", 0.99, 0.001)]
+  table = omniglot_pipeline.results_table(results)
+  assert "| LEO, ours (conv4 features) | not run | not run | 97.60 ± 0.10 | 99.00 ± 0.10 |" in table
+  assert "| Relation Network (Sung et al. 2018) | 99.6 | 99.8 | 97.6 | 99.1 |" in table
+  goals = omniglot_pipeline.goals_report(results)
+  assert goals[0] == "LEO >= 97.5% on 20way1shot: met (97.60%)"
+  assert goals[1] == "LEO >= 99.3% on 20way5shot: MISSED (99.00%)"
+  assert goals[2].startswith("LEO above Meta-SGD on 20way1shot, disjoint 95% intervals: met")
+
+
+@needs_data
+def test_reduced_pipeline_reaches_a_floor_a_broken_one_cannot(tmp_path):
+  # Stage 1 on a subset, LEO 5-way 1-shot briefly, then figure 4 on 100 tasks.
+  # About a minute on 2 idle cores (stage 1: two epochs over 24,000 images).
+  config = omniglot_pipeline.quick_config(DATA, str(tmp_path), flagfile_dir=REPO)
+  config = dataclasses.replace(config, figure_tasks=100, figure_settings=("5way1shot",))
+  summary = omniglot_pipeline.run(config)
+  (result,) = summary["results"]
+  assert result["setting"] == "5way1shot" and result["model"] == "leo"
+  assert result["num_tasks"] == 500 and result["num_val_examples_per_class"] == 19
+  # Chance is 20%; untrained features give about 60% (NCM); a working pipeline > 90%.
+  assert result["mean_accuracy"] > 0.9, result
+  assert summary["stage1"]["ncm"]["val"]["accuracy"] > summary["stage1"]["ncm"]["test"][
+      "accuracy"] - 0.1
+  (figure,) = summary["figures"]
+  assert os.path.getsize(figure["figure"]) > 10_000
+  assert figure["num_tasks"] == 100 and figure["accuracy_adapted"] > 0.9
+  with open(tmp_path / "runs" / "results.md") as f:
+    assert "LEO, ours" in f.read()
