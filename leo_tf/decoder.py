@@ -45,6 +45,33 @@ class Decoder(keras.layers.Layer):
     return distributions.gaussian_from_params(self(latents), stddev_offset=offset)
 
 
+  def class_weights_distribution(self, latents) -> distributions.tfd.Normal:
+    """The distribution of each class's mean weight vector, [B, N, 1, D].
+
+    The classifier uses a class's K weight vectors only through their mean
+    (classifier.logits), w_n = 1/K sum_k w_{n,k}. With the w_{n,k} ~ N(mu_{n,k},
+    sigma_{n,k}^2) independent, that mean is exactly
+
+        w_n ~ N(1/K sum_k mu_{n,k},  1/K^2 sum_k sigma_{n,k}^2),
+
+    so it is sampled directly (the local reparameterisation of Kingma et al.,
+    2015): one draw per class instead of K, the same distribution of logits and
+    the same expected meta-gradient. g_d is linear, so the mean of the K means
+    is g_d's mean half applied once to the mean code; only the standard
+    deviations need all K codes.
+    """
+    d = self.embedding_dim
+    num_classes = tf.shape(latents)[1]
+    num_copies = tf.cast(tf.shape(latents)[2], latents.dtype)
+    offset = tf.cast(weights_stddev_offset(num_classes, d), latents.dtype)
+    mean_code = tf.reduce_mean(latents, axis=2, keepdims=True)  # [B, N, 1, n_z]
+    loc = tf.einsum("bnkz,zd->bnkd", mean_code, self.kernel[:, :d])  # [B, N, 1, D]
+    unnormalized = tf.einsum("bnkz,zd->bnkd", latents, self.kernel[:, d:])  # [B, N, K, D]
+    stddev = distributions.stddev_from_params(unnormalized, offset)  # [B, N, K, D]
+    scale = tf.sqrt(tf.reduce_sum(tf.square(stddev), axis=2, keepdims=True)) / num_copies
+    return distributions.tfd.Normal(loc=loc, scale=scale)  # [B, N, 1, D]
+
+
 def orthogonality_penalty(kernel: tf.Tensor) -> tf.Tensor:
   """||C_d - I||^2 averaged over entries, C_d the row correlation of kernel [n_z, 2D].
 

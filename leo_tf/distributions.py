@@ -24,8 +24,12 @@ MIN_STDDEV = 1e-10
 def gaussian_from_params(params: tf.Tensor, stddev_offset: float = 0.0) -> tfd.Normal:
   """Returns the diagonal Gaussian that `params` [..., 2d] parameterise: [..., d]."""
   means, unnormalized_stddev = tf.split(params, 2, axis=-1)  # 2 x [..., d]
-  stddev = tf.maximum(tf.exp(unnormalized_stddev) - (1.0 - stddev_offset), MIN_STDDEV)
-  return tfd.Normal(loc=means, scale=stddev)
+  return tfd.Normal(loc=means, scale=stddev_from_params(unnormalized_stddev, stddev_offset))
+
+
+def stddev_from_params(unnormalized_stddev: tf.Tensor, stddev_offset=0.0) -> tf.Tensor:
+  """sigma = max(exp(u) - (1 - offset), 1e-10), elementwise."""
+  return tf.maximum(tf.exp(unnormalized_stddev) - (1.0 - stddev_offset), MIN_STDDEV)
 
 
 def possibly_sample(distribution: tfd.Normal, *, training: bool, deterministic: bool,

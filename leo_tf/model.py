@@ -14,8 +14,12 @@ dropout; evaluation uses the means, no dropout, no KL and no encoder penalty.
 Where the original code (deepmind/leo, model.py) settles what the paper leaves
 open, this follows it:
   - the class's Gaussian over codes is repeated for its K support examples, and
-    a code (then a weight vector) is sampled per copy; the class's logit is the
-    mean over the K weight vectors;
+    a code is sampled per copy, decoded to a Gaussian over a weight vector per
+    copy; the class's logit uses the mean of the K weight vectors. That mean is
+    Gaussian itself, so it is sampled directly (Decoder.class_weights_distribution:
+    one draw per class, the same distribution), and fine-tuning moves it with
+    rate eta / K, which is exactly what K copies moved by eta each do to their
+    mean (each copy's gradient is 1/K of the mean's);
   - dropout is applied to the features both in the encoder and in the
     classifier, in meta-training only;
   - the inner gradients are those of the summed (not averaged) support loss;
@@ -67,7 +71,7 @@ class Noise(NamedTuple):
 
   encoder_keep: tf.Tensor  # [B, N, K, D] dropout multiplier on the encoder's input
   latent_eps: tf.Tensor  # [B, N, K, n_z] eps of the sampled codes
-  weight_eps: tf.Tensor  # [T + 1, B, N, K, D] eps of the weights decoded after step t
+  weight_eps: tf.Tensor  # [T + 1, B, N, 1, D] eps of the class weights decoded after step t
   support_keep: tf.Tensor  # [T + F + 1, B, N, K, D] dropout multipliers of the support
                            # loss evaluations (LEO steps 0..T, then fine-tuning)
   query_keep: tf.Tensor  # [B, N, V, D] dropout multiplier of the queries
@@ -169,7 +173,8 @@ class LEO(tf.Module):
     return Noise(
         encoder_keep=seeds.dropout_keep_mask(tr_shape, c.dropout_rate, s[0], dtype),
         latent_eps=distributions.standard_normal(code_shape, s[1], dtype),
-        weight_eps=distributions.standard_normal(tf.concat([[t + 1], tr_shape], 0), s[2], dtype),
+        weight_eps=distributions.standard_normal(
+            tf.concat([[t + 1], tr_shape[:2], [1], tr_shape[3:]], 0), s[2], dtype),
         support_keep=seeds.dropout_keep_mask(tf.concat([[t + f + 1], tr_shape], 0),
                                              c.dropout_rate, s[3], dtype),
         query_keep=seeds.dropout_keep_mask(val_shape, c.dropout_rate, s[4], dtype))
@@ -212,15 +217,16 @@ class LEO(tf.Module):
 
     Returns:
       (codes z [B, N, K, n_z], KL [B], adapted codes z' [B, N, K, n_z],
-      fine-tuned weights w' [B, N, K, D], support loss after latent adaptation
-      [B, N, K]).
+      fine-tuned class weights w' [B, N, 1, D] (the mean of the K copies),
+      support loss after latent adaptation [B, N, K]).
     """
     c = self.config
     t, f = c.inner_unroll_length, c.finetuning_unroll_length
     latents, kl = self.encode(tr_input, training=training, noise=noise)
+    num_copies = tf.cast(tf.shape(tr_input)[2], self.dtype)  # K
 
     def decode_fn(z, i):
-      weights = self.decoder.weights_distribution(z)  # [B, N, K, D]
+      weights = self.decoder.class_weights_distribution(z)  # [B, N, 1, D]
       return distributions.possibly_sample(weights, training=training,
                                            deterministic=c.deterministic,
                                            noise=noise.weight_eps[i] if training else None)
@@ -235,8 +241,10 @@ class LEO(tf.Module):
 
     adapted_latents, weights, tr_loss = inner_loops.leo_inner_loop(
         latents, self.inner_lr, decode_fn, leo_loss_fn, num_steps=t, first_order=self.first_order)
+    # d L / d w_{n,k} = (1/K) d L / d w_n: K copies stepped by eta move their mean
+    # by eta / K times the mean's gradient.
     weights = inner_loops.finetuning_inner_loop(
-        weights, self.finetuning_lr, finetuning_loss_fn, num_steps=f,
+        weights, self.finetuning_lr / num_copies, finetuning_loss_fn, num_steps=f,
         first_order=self.first_order)
     return latents, kl, adapted_latents, weights, tr_loss
 
@@ -249,7 +257,7 @@ class LEO(tf.Module):
     """
     _, _, _, weights, _ = self.adapt(tf.convert_to_tensor(tr_input, self.dtype),
                                      tf.convert_to_tensor(tr_output, tf.int32), training=False)
-    return tf.reduce_mean(weights, axis=2)  # [B, N, K, D] -> [B, N, D]
+    return weights[:, :, 0]  # [B, N, 1, D] -> [B, N, D]
 
   def __call__(self, problem: ProblemInstance, *, training: bool,
                seed: tf.Tensor | None = None, noise: Noise | None = None) -> LEOOutputs:
@@ -294,7 +302,7 @@ class LEO(tf.Module):
         encoder_penalty=enc_penalty,
         latents=latents,
         adapted_latents=adapted_latents,
-        classifier_weights=tf.reduce_mean(weights, axis=2),  # [B, N, K, D] -> [B, N, D]
+        classifier_weights=weights[:, :, 0],  # [B, N, 1, D] -> [B, N, D]
         val_logits=val_logits)
 
   def meta_loss(self, outputs: LEOOutputs) -> objective.MetaLoss:

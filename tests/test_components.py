@@ -208,6 +208,32 @@ def test_logits_match_the_originals_per_image_form():
   np.testing.assert_allclose(out, expected, rtol=1e-10)
 
 
+def test_class_weights_distribution_is_that_of_the_mean_of_the_copies():
+  # The classifier uses a class's K weight vectors only through their mean, so
+  # the model samples that mean directly: N(mean_k mu_k, sum_k sigma_k^2 / K^2).
+  rng = np.random.default_rng(7)
+  z = rng.standard_normal((B, N, K, NZ))  # different codes per copy
+  dec = decoder_lib.Decoder(D, seed=1, dtype="float64")
+  dec.build((None, None, None, NZ))
+  per_copy = dec.weights_distribution(tf.constant(z))
+  mu, sigma = per_copy.loc.numpy(), per_copy.scale.numpy()  # [B, N, K, D]
+  mean = dec.class_weights_distribution(tf.constant(z))
+  assert mean.loc.shape == (B, N, 1, D)
+  np.testing.assert_allclose(mean.loc.numpy()[:, :, 0], mu.mean(axis=2), rtol=1e-12)
+  np.testing.assert_allclose(mean.scale.numpy()[:, :, 0],
+                             np.sqrt((sigma ** 2).sum(axis=2)) / K, rtol=1e-12)
+  # Monte Carlo: the mean of K independently sampled copies has these moments.
+  draws = mu + sigma * rng.standard_normal((20000, B, N, K, D))  # [S, B, N, K, D]
+  sampled_mean = draws.mean(axis=3)  # [S, B, N, D]
+  np.testing.assert_allclose(sampled_mean.std(axis=0), mean.scale.numpy()[:, :, 0], rtol=0.04)
+  np.testing.assert_allclose(sampled_mean.mean(axis=0), mean.loc.numpy()[:, :, 0],
+                             atol=4 * mean.scale.numpy().max() / np.sqrt(20000))
+  # K = 1: the copy's own distribution.
+  single = dec.class_weights_distribution(tf.constant(z[:, :, :1]))
+  np.testing.assert_allclose(single.loc.numpy(), mu[:, :, :1], rtol=1e-12)
+  np.testing.assert_allclose(single.scale.numpy(), sigma[:, :, :1], rtol=1e-12)
+
+
 def test_cross_entropy_and_accuracy_match_numpy():
   rng = np.random.default_rng(6)
   lg = rng.standard_normal((B, N, K, N)) * 3

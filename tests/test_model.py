@@ -201,7 +201,7 @@ def test_noise_shapes_and_seed_equals_noise():
   t, f = 2, 2
   assert noise.encoder_keep.shape == (B, N, K, D)
   assert noise.latent_eps.shape == (B, N, K, NZ)
-  assert noise.weight_eps.shape == (t + 1, B, N, K, D)
+  assert noise.weight_eps.shape == (t + 1, B, N, 1, D)  # one class-mean draw per class
   assert noise.support_keep.shape == (t + f + 1, B, N, K, D)
   assert noise.query_keep.shape == (B, N, V, D)
   by_seed = model(problem, training=True, seed=tf.constant([1, 2]))
