@@ -38,7 +38,9 @@ import time
 from typing import Any, Sequence
 
 from leo_tf import backbones
+from leo_tf import embeddings as emb
 from leo_tf import pretrain
+from leo_tf.config import ABLATIONS
 
 SETTINGS = ("5way1shot", "5way5shot", "20way1shot", "20way5shot")
 MODELS = ("prototypes", "metasgd", "leo")
@@ -80,7 +82,7 @@ class PipelineConfig:
   pretrain: pretrain.PretrainConfig = OMNIGLOT_PRETRAIN
   settings: tuple[str, ...] = SETTINGS
   models: tuple[str, ...] = MODELS
-  ablations: tuple[str, ...] = ()  # table 2 rows to run as well (config.ABLATIONS)
+  ablations: tuple[str, ...] = ABLATIONS[1:]  # table 2 rows to run as well (all by default)
   ablation_settings: tuple[str, ...] = ("5way1shot",)  # settings the ablations run on
   figure_settings: tuple[str, ...] = ("5way1shot", "20way1shot")  # LEO runs figure 4 shows
   figure_tasks: int = 1000  # meta-validation tasks in figure 4 (0: no figures)
@@ -96,7 +98,6 @@ class PipelineConfig:
       unknown = [v for v in values if v not in allowed]
       if unknown:
         raise ValueError(f"{name}: unknown {unknown}; choose from {allowed}.")
-    from leo_tf.config import ABLATIONS  # pylint: disable=g-import-not-at-top
     unknown = [a for a in self.ablations if a not in ABLATIONS or a == "leo"]
     if unknown:
       raise ValueError(f"ablations: unknown {unknown}; choose from {ABLATIONS[1:]}.")
@@ -121,7 +122,7 @@ def quick_config(data_dir: str, work_dir: str, flagfile_dir: str = ".") -> Pipel
           data_dir=data_dir, output_path=os.path.join(work_dir, "embeddings"),
           backbone=backbone, epochs=2, max_classes=1200, max_eval_classes=200,
           num_eval_tasks=200, eval_num_classes=5, progress=False),
-      settings=("5way1shot",), models=("leo",), figure_tasks=0,
+      settings=("5way1shot",), models=("leo",), ablations=(), figure_tasks=0,
       extra_flags=("--num_steps_limit=800", "--checkpoint_steps=400", "--num_metavalid_tasks=200",
                    "--num_metatest_tasks=500", "--progress=false", "--jit_compile=false"))
 
@@ -270,11 +271,11 @@ def run(config: PipelineConfig) -> dict[str, Any]:
              "figures": figures, "goals": goals, "seconds": time.time() - t0,
              "config": dataclasses.asdict(config)}
   os.makedirs(config.output_dir, exist_ok=True)
-  with open(os.path.join(config.output_dir, "results.json"), "w") as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
-    f.write("\n")
-  with open(os.path.join(config.output_dir, "results.md"), "w") as f:
-    f.write(table + "\n\n" + "\n".join(f"- {g}" for g in goals) + "\n")
+  # Readers (and a repeated command) see complete files or none.
+  emb.write_json_atomically(os.path.join(config.output_dir, "results.json"), summary)
+  markdown = table + "\n\n" + "\n".join(f"- {g}" for g in goals) + "\n"
+  emb.atomic_write(os.path.join(config.output_dir, "results.md"),
+                   lambda f: f.write(markdown.encode("utf-8")))
   _log(f"done in {time.time() - t0:.0f}s\n{table}\n" + "\n".join(goals))
   return summary
 
@@ -312,7 +313,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("pretrain_epochs", _d.pretrain.epochs, "Stage-1 epochs.")
   flags.DEFINE_list("settings", list(_d.settings), f"Settings to run, of {SETTINGS}.")
   flags.DEFINE_list("models", list(_d.models), f"Models to run, of {MODELS}.")
-  flags.DEFINE_list("ablations", [], "LEO table-2 ablations to run as well.")
+  flags.DEFINE_list("ablations", list(_d.ablations),
+                    "LEO table-2 ablations to run as well (empty: none).")
   flags.DEFINE_list("ablation_settings", list(_d.ablation_settings), "Where the ablations run.")
   flags.DEFINE_integer("figure_tasks", _d.figure_tasks, "Tasks in figure 4 (0: none).")
   flags.DEFINE_boolean("overwrite_embeddings", False, "Redo stage 1.")
