@@ -495,8 +495,10 @@ def main(argv):
   except (ValueError, OSError) as e:
     raise SystemExit(f"leo_tf.export: error: {e}") from None
   record = read_export_config(version_dir)
+  # The signatures as written (a regression export has serving_default only).
+  signatures = ", ".join(sorted(tf.saved_model.load(version_dir).signatures))
   print(f"Exported {record['source']['checkpoint']} (step {record['source']['step']}) to "
-        f"{version_dir}\nsignatures: {SERVING_SIGNATURE}, {GENERATE_SIGNATURE}; serve with "
+        f"{version_dir}\nsignatures: {signatures}; serve with "
         f"TF Serving's --model_base_path={os.path.abspath(f.export_dir)} (see export/README.md).")
 
 

@@ -331,16 +331,6 @@ class _ModelRun:
     return prefix
 
 
-def _write_summaries(writer, step: int, scalars: dict[str, float]) -> None:
-  """Writes float32 scalars; values beyond float32's range (a diverged MAML) become +-Inf.
-
-  (tf.summary.scalar refuses a Python float that does not fit in float32.)
-  """
-  with writer.as_default(step=step), np.errstate(over="ignore"):
-    for name, value in scalars.items():
-      tf.summary.scalar(name, np.float32(value))
-
-
 def _train_model(name: str, config: RegressionRunConfig) -> dict[str, Any]:
   """Meta-trains one model to its num_steps_limit; returns wall time, steps and fallbacks."""
   run = _ModelRun(name, config)
@@ -374,7 +364,7 @@ def _train_model(name: str, config: RegressionRunConfig) -> dict[str, Any]:
       run.save_best(mean)
     else:
       run.evals_without_improvement.assign_add(1)
-    _write_summaries(valid_writer, step, scalars)
+    trainer.write_summaries(valid_writer, step, scalars)
     extra = f", 90% band coverage {100 * scalars['coverage90']:.1f}%" if name == "leo" else ""
     progress.message(f"[{name}] step {step}: meta-valid MSE {mean:.4f} +- {ci:.4f} over "
                      f"{mse.size} tasks{extra}{' (best so far)' if improved else ''}")
@@ -398,7 +388,7 @@ def _train_model(name: str, config: RegressionRunConfig) -> dict[str, Any]:
       means["fallback"] *= len(pending)  # count in the interval
       if name == "leo":
         means["inner_lr_mean"] = float(tf.reduce_mean(run.model.inner_lr).numpy())
-      _write_summaries(train_writer, step, means)
+      trainer.write_summaries(train_writer, step, means)
       pending.clear()
       progress.update(step, f"loss {means['loss']:.3f} query MSE {means['val_loss']:.3f}")
     if step % o.checkpoint_steps == 0 or step == o.num_steps_limit:

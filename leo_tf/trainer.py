@@ -316,10 +316,15 @@ def make_task_evaluator(config: RunConfig, model, sampler: episodes.EpisodeSampl
   return evaluate_fast
 
 
-def _write_summaries(writer, step: int, scalars: dict[str, float]) -> None:
-  with writer.as_default(step=step):
+def write_summaries(writer, step: int, scalars: dict[str, float]) -> None:
+  """Writes float32 scalars; values beyond float32's range (a diverging run) become +-Inf.
+
+  (tf.summary.scalar refuses a Python float that does not fit in float32, which
+  would stop training at the very step whose loss one wants to see.)
+  """
+  with writer.as_default(step=step), np.errstate(over="ignore"):
     for name, value in scalars.items():
-      tf.summary.scalar(name, value)
+      tf.summary.scalar(name, np.float32(value))
 
 
 def train(config: RunConfig) -> dict[str, Any]:
@@ -385,7 +390,7 @@ def train(config: RunConfig) -> dict[str, Any]:
       run.save_best(mean)
     else:
       run.evals_without_improvement.assign_add(1)
-    _write_summaries(valid_writer, step, {"accuracy": mean, "accuracy_ci95": ci})
+    write_summaries(valid_writer, step, {"accuracy": mean, "accuracy_ci95": ci})
     progress.message(
         f"step {step}: meta-valid accuracy {100 * mean:.2f}% +- {100 * ci:.2f}% over "
         f"{accuracies.size} tasks{' (best so far)' if improved else ''}")
@@ -417,7 +422,7 @@ def train(config: RunConfig) -> dict[str, Any]:
         rates = [name for name in ("inner_lr", "finetuning_lr") if hasattr(run.model, name)]
         for name in rates:  # Meta-SGD has only inner_lr (its alpha)
           means[f"{name}_mean"] = float(tf.reduce_mean(getattr(run.model, name)).numpy())
-        _write_summaries(train_writer, step, means)
+        write_summaries(train_writer, step, means)
         with train_writer.as_default(step=step):
           for name in rates:
             tf.summary.histogram(name, getattr(run.model, name))

@@ -238,6 +238,7 @@ def test_round_trip_in_a_process_without_leo_tf(exported, tmp_path):
 def test_command_line_reports_and_records_the_source(exported):
   assert sorted(os.listdir(exported.base)) == ["1"]  # no temporary folder left
   assert exported.version_dir in exported.stdout
+  assert "signatures: generate, serving_default;" in exported.stdout
   assert sorted(os.listdir(exported.version_dir)) == [
       "assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables"]
   record = export.read_export_config(exported.version_dir)

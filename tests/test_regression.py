@@ -14,6 +14,7 @@ from leo_tf import maml as maml_lib
 from leo_tf import regression
 from leo_tf import regression_trainer
 from leo_tf import sinusoid
+from leo_tf import trainer
 from leo_tf.config import OuterConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -377,9 +378,10 @@ def test_predictions_xla_equal_graph_for_a_seed():
 
 
 def test_summaries_accept_values_beyond_float32(tmp_path):
-  # A diverged MAML's validation MSE (1e300) once stopped training with a ValueError.
+  # A diverged MAML's validation MSE (1e300) once stopped training with a ValueError;
+  # the classification and regression trainers share this writer.
   writer = tf.summary.create_file_writer(str(tmp_path))
-  regression_trainer._write_summaries(writer, 1, {"mse": 1e300, "ok": 2.5})  # pylint: disable=protected-access
+  trainer.write_summaries(writer, 1, {"mse": 1e300, "ok": 2.5})
   writer.flush()
   values = {}
   for name in os.listdir(tmp_path):
