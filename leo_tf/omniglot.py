@@ -21,8 +21,12 @@ Sources of the pixels:
   - the official zips `images_background.zip` and `images_evaluation.zip`
     (github.com/brendenlake/omniglot, PNG files
     `<set>/<Alphabet>/<characterNN>/<id>_<drawer>.png`), read by
-    `load_characters_from_zips`.
-Both give the same `Characters` (ink 1.0 on background 0.0, resized with area
+    `load_characters_from_zips`;
+  - TensorFlow Datasets' "omniglot" (`tfds.load`, where the machine is
+    online or the dataset is already prepared), read by
+    `load_characters_from_tfds` (its "label" is the character id - 1, and
+    "alphabet" / "alphabet_char_id" give "Alphabet/characterNN").
+All give the same `Characters` (ink 1.0 on background 0.0, resized with area
 averaging), from which `make_split` builds the classes of a split.
 
 Class names used in embeddings keys are `char<id>_rot<deg>` (the Omniglot
@@ -307,6 +311,71 @@ def load_characters_from_zips(zip_paths: Sequence[str], image_size: int = IMAGE_
   small = resize(stacked.reshape(c * n, h, w), image_size).reshape(c, n, image_size, image_size)
   small.setflags(write=False)
   return Characters(images=small, names=tuple(names), char_ids=np.array(char_ids, np.int64))
+
+
+def tfds_examples(data_dir: str | None = None, download: bool = True):
+  """TFDS Omniglot's background and evaluation sets: (numpy examples, alphabet names).
+
+  Calls tfds.load("omniglot", split="train+test") (train: images_background,
+  test: images_evaluation); needs the network the first time unless the
+  dataset is already prepared in `data_dir`.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  dataset, info = tfds.load("omniglot", split="train+test", data_dir=data_dir, with_info=True,
+                            download=download, shuffle_files=False)
+  return tfds.as_numpy(dataset), tuple(info.features["alphabet"].names)
+
+
+def load_characters_from_tfds(examples: Iterable[dict], alphabet_names: Sequence[str],
+                              image_size: int = IMAGE_SIZE,
+                              names: Iterable[str] | None = None) -> Characters:
+  """Characters from TFDS Omniglot examples (see `tfds_examples`).
+
+  Args:
+    examples: dicts with "image" uint8 [105, 105, 3] (or [.., 1]; 255 is
+      background), "alphabet" (index into `alphabet_names`), "alphabet_char_id"
+      (NN - 1 of characterNN) and "label" (Omniglot character id - 1).
+    alphabet_names: the names of TFDS's "alphabet" class label.
+    image_size: S.
+    names: "Alphabet/characterNN" to load (default: every character found, sorted).
+
+  Returns:
+    Characters in the order of `names`. TFDS does not keep the drawer (the file
+    name), so axis 1 holds a character's 20 drawings in the order TFDS yields
+    them: the same images as the other sources, possibly in another order.
+  """
+  wanted = None if names is None else set(names)
+  found: dict[str, list[np.ndarray]] = {}
+  char_id_of: dict[str, int] = {}
+  for example in examples:
+    alphabet = int(example["alphabet"])
+    if not 0 <= alphabet < len(alphabet_names):
+      raise ValueError(f"TFDS example with alphabet index {alphabet}, but only "
+                       f"{len(alphabet_names)} alphabet names; pass info.features['alphabet']"
+                       ".names of the same dataset.")
+    name = f"{alphabet_names[alphabet]}/character{int(example['alphabet_char_id']) + 1:02d}"
+    if wanted is not None and name not in wanted:
+      continue
+    char_id = int(example["label"]) + 1
+    if char_id_of.setdefault(name, char_id) != char_id:
+      raise ValueError(f"character {name!r}: TFDS labels {char_id_of[name] - 1} and "
+                       f"{char_id - 1} disagree; is this TFDS's omniglot dataset?")
+    image = np.asarray(example["image"])
+    found.setdefault(name, []).append(image[:, :, 0] > 127)  # [H, W] bool, True = background
+  names = sorted(found) if names is None else list(dict.fromkeys(names))
+  images = []
+  for name in names:
+    drawings = found.get(name, [])
+    if len(drawings) != NUM_DRAWERS:
+      raise ValueError(f"character {name!r}: {len(drawings)} drawings in the TFDS examples, "
+                       f"expected {NUM_DRAWERS}; load split='train+test' of 'omniglot'.")
+    images.append(np.stack(drawings, axis=0))  # [20, H, W]
+  stacked = np.stack(images, axis=0)  # [C, 20, H, W]
+  c, n, h, w = stacked.shape
+  small = resize(stacked.reshape(c * n, h, w), image_size).reshape(c, n, image_size, image_size)
+  small.setflags(write=False)
+  return Characters(images=small, names=tuple(names),
+                    char_ids=np.array([char_id_of[n_] for n_ in names], np.int64))
 
 
 def rotate(images: np.ndarray, degrees: int) -> np.ndarray:

@@ -25,7 +25,8 @@ w_c / |w_c|> with a learned scale s; Gidaris and Komodakis 2018), which learned
 no better in our short runs (BUILD_NOTES.md).
 
 Image sources: Omniglot from the shared npz files (`data_dir`) or the official
-zips (`omniglot_zips`), Vinyals split, 28x28; or any folder of images laid out
+zips (`omniglot_zips`) or TensorFlow Datasets (`omniglot_tfds`, where the machine is
+online), Vinyals split, 28x28; or any folder of images laid out
 as `<image_dir>/{train,val,test}/<class>/<image>` (miniImageNet as usually
 distributed), resized to `backbone.image_size`, for the WRN-28-10 of the paper.
 """
@@ -59,6 +60,8 @@ class PretrainConfig:
 
   data_dir: str = "../shared/data/omniglot"  # Omniglot folder (npz, index.csv, splits/)
   omniglot_zips: tuple[str, ...] = ()  # official images_*.zip instead of the npz files
+  omniglot_tfds: bool = False  # tfds.load("omniglot") instead of the npz files
+  tfds_data_dir: str | None = None  # TFDS's data_dir (default: TFDS's own)
   image_dir: str | None = None  # <image_dir>/{train,val,test}/<class>/<image> instead of Omniglot
   output_path: str = "data/embeddings"  # the data_path of stage 2
   dataset_name: str = "omniglot"  # folder under output_path
@@ -86,6 +89,8 @@ class PretrainConfig:
                  "eval_num_shots"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    if self.omniglot_zips and self.omniglot_tfds:
+      raise ValueError("Choose one Omniglot source: omniglot_zips or omniglot_tfds, not both.")
     if self.eval_num_classes < 2:
       raise ValueError(f"eval_num_classes must be >= 2, got {self.eval_num_classes}.")
     if self.learning_rate <= 0 or self.cosine_scale_init <= 0:
@@ -121,13 +126,17 @@ class ImageSplit:
 
 
 def omniglot_splits(config: PretrainConfig) -> dict[str, ImageSplit]:
-  """The Vinyals split from the npz files (or the official zips), 28x28 by default."""
+  """The Vinyals split from the npz files (or the official zips, or TFDS), 28x28 by default."""
   size = config.backbone.image_size
   characters = None
-  if config.omniglot_zips:
+  if config.omniglot_zips or config.omniglot_tfds:
     lines = [l for s in omniglot.SPLITS for l in omniglot.read_split_file(config.data_dir, s)]
     names = sorted({omniglot.parse_class_line(l)[0] for l in lines})
-    characters = omniglot.load_characters_from_zips(config.omniglot_zips, size, names=names)
+    if config.omniglot_zips:
+      characters = omniglot.load_characters_from_zips(config.omniglot_zips, size, names=names)
+    else:
+      examples, alphabet_names = omniglot.tfds_examples(config.tfds_data_dir)
+      characters = omniglot.load_characters_from_tfds(examples, alphabet_names, size, names=names)
   splits = omniglot.load_vinyals_splits(config.data_dir, size, max_classes=config.max_classes,
                                         characters=characters,
                                         max_eval_classes=config.max_eval_classes)
@@ -405,7 +414,8 @@ def config_from_flags(flags_values) -> PretrainConfig:
       conv4_channels=tuple(int(c) for c in f.conv4_channels),
       wrn_depth=f.wrn_depth, wrn_width=f.wrn_width, wrn_dropout_rate=f.wrn_dropout_rate)
   return PretrainConfig(
-      data_dir=f.data_dir, omniglot_zips=tuple(f.omniglot_zips or ()), image_dir=f.image_dir,
+      data_dir=f.data_dir, omniglot_zips=tuple(f.omniglot_zips or ()),
+      omniglot_tfds=f.omniglot_tfds, tfds_data_dir=f.tfds_data_dir, image_dir=f.image_dir,
       output_path=f.output_path, dataset_name=f.dataset_name, backbone=backbone, head=f.head,
       epochs=f.epochs, batch_size=f.batch_size, learning_rate=f.learning_rate,
       weight_decay=f.weight_decay, augment_shift=f.augment_shift, max_classes=f.max_classes,
@@ -422,6 +432,10 @@ def define_flags() -> None:
   flags.DEFINE_list("omniglot_zips", [], "The official images_background.zip, "
                     "images_evaluation.zip, read instead of the npz files (split files still "
                     "from data_dir).")
+  flags.DEFINE_bool("omniglot_tfds", False, "Read Omniglot with tfds.load('omniglot') (needs "
+                    "the network once) instead of the npz files (split files still from "
+                    "data_dir).")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS's data_dir for --omniglot_tfds.")
   flags.DEFINE_string("image_dir", None, "Instead of Omniglot: <image_dir>/{train,val,test}/"
                       "<class>/<image> (e.g. miniImageNet images for the WRN-28-10).")
   flags.DEFINE_string("output_path", d.output_path, "Where <dataset_name>/center/*.pkl go (the "

@@ -1,4 +1,4 @@
-"""Omniglot: split files, rotations, resizing, npz and zip sources, flagfiles."""
+"""Omniglot: split files, rotations, resizing, npz, zip and TFDS sources, flagfiles."""
 
 import io
 import os
@@ -134,6 +134,45 @@ def test_zip_with_a_missing_drawer_is_refused(tmp_path):
   _zip_of(tmp_path / "z.zip", [("Alpha/character01", 7)], [drawings])
   with pytest.raises(ValueError, match=r"expected 1\.\.20"):
     omniglot.load_characters_from_zips([str(tmp_path / "z.zip")], 4)
+
+
+def _tfds_examples(drawings_by_name, char_ids, alphabet_names, order):
+  """Examples shaped as TFDS's omniglot yields them (RGB uint8, 255 = background)."""
+  for name, d in order:
+    alphabet, character = name.split("/")
+    rgb = np.repeat(np.where(drawings_by_name[name][d], 255, 0).astype(np.uint8)[:, :, None], 3, 2)
+    yield {"image": rgb, "alphabet": alphabet_names.index(alphabet),
+           "alphabet_char_id": int(character[len("character"):]) - 1,
+           "label": char_ids[name] - 1}
+
+
+@needs_data
+def test_tfds_examples_give_the_same_pixels_as_the_npz():
+  # TFDS's omniglot (tfds.load needs the network; its builder's record layout is
+  # reproduced here from the npz): alphabet names sorted, label = id - 1.
+  index = omniglot.read_index(DATA)
+  names = ["Latin/character03", "Korean/character11"]
+  alphabet_names = sorted({n.split("/")[0] for n in index})
+  drawings, char_ids = {}, {}
+  for name in names:
+    set_name, row, char_ids[name] = index[name]
+    with np.load(os.path.join(DATA, omniglot.NPZ_FILES[set_name])) as npz:
+      drawings[name] = npz["images"][row]  # bool [20, 105, 105]
+  # Interleaved, and one character's drawings in reverse: the drawer is not in TFDS.
+  order = [(n, d) for d in range(20) for n in names]
+  order = [(n, 19 - d if n == names[1] else d) for n, d in order]
+  from_tfds = omniglot.load_characters_from_tfds(
+      _tfds_examples(drawings, char_ids, alphabet_names, order), alphabet_names, 28, names=names)
+  from_npz = omniglot.load_characters(DATA, 28, names=names)
+  assert from_tfds.names == tuple(names)
+  assert list(from_tfds.char_ids) == list(from_npz.char_ids)
+  np.testing.assert_array_equal(from_tfds.images[0], from_npz.images[0])
+  np.testing.assert_array_equal(from_tfds.images[1], from_npz.images[1][::-1])
+  # A character with a drawing missing is refused, naming the fix.
+  short = [(n, d) for n, d in order if (n, d) != (names[0], 5)]
+  with pytest.raises(ValueError, match=r"19 drawings.*train\+test"):
+    omniglot.load_characters_from_tfds(
+        _tfds_examples(drawings, char_ids, alphabet_names, short), alphabet_names, 28, names=names)
 
 
 def test_missing_folder_names_the_fix(tmp_path):
