@@ -7,7 +7,8 @@ configuration (D = 640, n_z = 64, 5 + 5 inner steps):
   - evaluation, 5-way 1-shot and 5-shot with every remaining query (599 / 595
     per class of 600 images), 200 tasks per batch, as the trainer evaluates
     LEO (outer.SplitEvaluator; sampling the tasks included);
-each with XLA on and off, and the episode pipeline alone (leo_tf.bench_data).
+each with XLA on and off, and the episode pipeline alone (leo_tf.bench_data, run as a
+subprocess after the model cases; `--nopipeline` skips it).
 
 Every case runs in its own process so that its peak resident memory
 (ru_maxrss) is its own. Prints one JSON line per case (case, tasks_per_s,
@@ -30,6 +31,7 @@ flags.DEFINE_string("case", "", "Run one case in this process (used internally).
 flags.DEFINE_integer("train_steps", 30, "Timed meta-training steps per case.")
 flags.DEFINE_integer("eval_tasks", 1000, "Tasks evaluated per evaluation case.")
 flags.DEFINE_string("cases", "", "Comma-separated subset of cases (default: all).")
+flags.DEFINE_bool("pipeline", True, "Also time the episode pipeline alone (leo_tf.bench_data).")
 FLAGS = flags.FLAGS
 
 IMAGES_PER_CLASS = 600
@@ -167,7 +169,15 @@ def main(argv):
     print(json.dumps(row), flush=True)
     rows.append(row)
   print(format_table(rows))
-  print("Episode pipeline alone: python -m leo_tf.bench_data")
+  if FLAGS.pipeline:
+    # The episode pipeline alone: its own JSON lines (case, episodes_per_s, peak_rss_mb) and table.
+    result = subprocess.run([sys.executable, "-m", "leo_tf.bench_data"], capture_output=True,
+                            text=True, env=env)
+    if result.returncode:
+      print(f"pipeline: failed: {(result.stderr.strip().splitlines() or ['unknown'])[-1]}")
+    else:
+      print("Episode pipeline alone (python -m leo_tf.bench_data):")
+      print(result.stdout.rstrip())
 
 
 if __name__ == "__main__":
