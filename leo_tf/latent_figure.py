@@ -138,10 +138,11 @@ def plot(codes: dict[str, np.ndarray], path: str, title: str = "") -> dict[str, 
 
   fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
   ax = axes[0]
-  ax.scatter(p_before[:, 0], p_before[:, 1], s=2, alpha=0.35, c="tab:blue",
-             label="before adaptation (z)", rasterized=True)
+  # The codes after adaptation first, so the (usually tighter) codes before stay visible on top.
   ax.scatter(p_after[:, 0], p_after[:, 1], s=2, alpha=0.35, c="tab:orange",
-             label="after adaptation (z')", rasterized=True)
+             label="after adaptation (z')", rasterized=True, zorder=1)
+  ax.scatter(p_before[:, 0], p_before[:, 1], s=2, alpha=0.35, c="tab:blue",
+             label="before adaptation (z)", rasterized=True, zorder=2)
   ax.set_title(f"(a) {t} tasks x {n} classes x {k} shots")
   ax.set_xlabel(f"PC 1 ({100 * explained[0]:.0f}% of variance)")
   ax.set_ylabel(f"PC 2 ({100 * explained[1]:.0f}% of variance)")
