@@ -55,6 +55,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 import leo_tf
 from leo_tf import classifier
@@ -171,7 +172,8 @@ def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
 
   def decode_fn(z, i):
     del i  # no sampling in evaluation
-    return model.decoder.weights_distribution(z).loc  # [1, N, K, D] means
+    # The mean weight vector of each class, as LEO.adapt decodes it.
+    return model.decoder.class_weights_distribution(z).loc  # [1, N, 1, D]
 
   def loss_fn(w, i):
     del i  # no dropout in evaluation
@@ -180,16 +182,16 @@ def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
   latents, weights, _ = inner_loops.leo_inner_loop(
       latents, model.inner_lr, decode_fn, loss_fn,
       num_steps=c.inner_unroll_length if adapt else 0)
-  weights = inner_loops.finetuning_inner_loop(
-      weights, model.finetuning_lr, loss_fn,
+  weights = inner_loops.finetuning_inner_loop(  # the class mean moves at eta / K (LEO.adapt)
+      weights, model.finetuning_lr / tf.cast(num_examples, model.dtype), loss_fn,
       num_steps=c.finetuning_unroll_length if adapt else 0)
   logits = classifier.logits(val_input, weights)[0, 0]  # [1, 1, Q, N] -> [Q, N]
   probabilities = tf.nn.softmax(logits, axis=-1)  # [Q, N]
   return {
       "probabilities": tf.cast(probabilities, tf.float32),
       "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),  # [Q]
-      # The K copies of a class's weights (and codes) are equal in evaluation.
-      "classifier_weights": tf.cast(tf.reduce_mean(weights[0], axis=1), tf.float32),  # [N, D]
+      "classifier_weights": tf.cast(weights[0, :, 0], tf.float32),  # [1, N, 1, D] -> [N, D]
+      # The K copies of a class's codes are equal in evaluation.
       "adapted_latents": tf.cast(latents[0, :, 0], tf.float32),  # [1, N, K, n_z] -> [N, n_z]
   }
 
@@ -495,8 +497,13 @@ def main(argv):
   except (ValueError, OSError) as e:
     raise SystemExit(f"leo_tf.export: error: {e}") from None
   record = read_export_config(version_dir)
-  # The signatures as written (a regression export has serving_default only).
-  signatures = ", ".join(sorted(tf.saved_model.load(version_dir).signatures))
+  # The signatures as written (a regression export has serving_default only), read from
+  # saved_model.pb without loading the model.
+  saved_model = saved_model_pb2.SavedModel()
+  with open(os.path.join(version_dir, "saved_model.pb"), "rb") as proto_file:
+    saved_model.ParseFromString(proto_file.read())
+  signatures = ", ".join(sorted(k for k in saved_model.meta_graphs[0].signature_def
+                                if not k.startswith("__")))  # not __saved_model_init_op
   print(f"Exported {record['source']['checkpoint']} (step {record['source']['step']}) to "
         f"{version_dir}\nsignatures: {signatures}; serve with "
         f"TF Serving's --model_base_path={os.path.abspath(f.export_dir)} (see export/README.md).")
