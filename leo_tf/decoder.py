@@ -44,7 +44,6 @@ class Decoder(keras.layers.Layer):
     offset = tf.cast(weights_stddev_offset(num_classes, self.embedding_dim), latents.dtype)
     return distributions.gaussian_from_params(self(latents), stddev_offset=offset)
 
-
   def class_weights_distribution(self, latents) -> distributions.tfd.Normal:
     """The distribution of each class's mean weight vector, [B, N, 1, D].
 

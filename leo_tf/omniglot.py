@@ -306,7 +306,13 @@ def load_characters_from_zips(zip_paths: Sequence[str], image_size: int = IMAGE_
               for d in range(NUM_DRAWERS)]  # 20 x [H, W] uint8
     images.append(np.stack(pixels, axis=0) > 127)  # [20, H, W] bool, True = background
     char_ids.append(ids.pop())
-  stacked = np.stack(images, axis=0)  # [C, 20, H, W]
+  return _resized_characters(images, names, char_ids, image_size)
+
+
+def _resized_characters(drawings: Sequence[np.ndarray], names: Sequence[str],
+                        char_ids: Sequence[int], image_size: int) -> Characters:
+  """Characters from C drawings bool [20, H, W] (True = background), resized to S."""
+  stacked = np.stack(drawings, axis=0)  # [C, 20, H, W]
   c, n, h, w = stacked.shape
   small = resize(stacked.reshape(c * n, h, w), image_size).reshape(c, n, image_size, image_size)
   small.setflags(write=False)
@@ -370,12 +376,7 @@ def load_characters_from_tfds(examples: Iterable[dict], alphabet_names: Sequence
       raise ValueError(f"character {name!r}: {len(drawings)} drawings in the TFDS examples, "
                        f"expected {NUM_DRAWERS}; load split='train+test' of 'omniglot'.")
     images.append(np.stack(drawings, axis=0))  # [20, H, W]
-  stacked = np.stack(images, axis=0)  # [C, 20, H, W]
-  c, n, h, w = stacked.shape
-  small = resize(stacked.reshape(c * n, h, w), image_size).reshape(c, n, image_size, image_size)
-  small.setflags(write=False)
-  return Characters(images=small, names=tuple(names),
-                    char_ids=np.array([char_id_of[n_] for n_ in names], np.int64))
+  return _resized_characters(images, names, [char_id_of[n] for n in names], image_size)
 
 
 def rotate(images: np.ndarray, degrees: int) -> np.ndarray:
