@@ -9,6 +9,7 @@ paper.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 KL_ESTIMATORS = ("sample", "analytic")
 DTYPES = ("float32", "float64")
@@ -46,6 +47,7 @@ class ModelConfig:
   encoder_penalty_weight: float = 1e-9  # gamma
   l2_penalty_weight: float = 1e-8  # lambda_1
   orthogonality_penalty_weight: float = 1e-3  # lambda_2
+  max_weights_stddev: float = 0.0  # soft bound on sigma^d of the weights (0: none, as the original)
   kl_estimator: str = "sample"  # "sample" (the original's) or "analytic" (TFP)
   deterministic: bool = False  # ablation: use means, never sample
   random_prior: bool = False  # ablation: latents from the prior, not the encoder
@@ -64,6 +66,12 @@ class ModelConfig:
     for name in ("kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
                  "orthogonality_penalty_weight"):
       _check_positive(name, getattr(self, name), allow_zero=True)
+    if self.max_weights_stddev and not (
+        self.max_weights_stddev > math.sqrt(2.0 / (self.embedding_dim + 2))):
+      raise ValueError(
+          f"max_weights_stddev must be 0 (no bound) or above the weights' stddev at u = 0, "
+          f"sqrt(2 / (N + D)) <= {math.sqrt(2.0 / (self.embedding_dim + 2)):.4g}; got "
+          f"{self.max_weights_stddev} (e.g. 1.0).")
     if self.kl_estimator not in KL_ESTIMATORS:
       raise ValueError(
           f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}.")

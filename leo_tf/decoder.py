@@ -25,9 +25,12 @@ def weights_stddev_offset(num_classes, embedding_dim: int) -> tf.Tensor:
 class Decoder(keras.layers.Layer):
   """g_d: latent codes [..., n_z] -> Gaussian parameters over weights [..., 2D]."""
 
-  def __init__(self, embedding_dim: int, *, seed: int | None = None, **kwargs):
+  def __init__(self, embedding_dim: int, *, seed: int | None = None,
+               max_stddev: float | None = None, **kwargs):
+    """max_stddev: soft upper bound on sigma^d (distributions.soft_bound); None or 0: none."""
     super().__init__(**kwargs)
     self.embedding_dim = embedding_dim
+    self.max_stddev = max_stddev or None
     self._initializer = keras.initializers.GlorotUniform(seed=seed)
 
   def build(self, input_shape):
@@ -42,7 +45,8 @@ class Decoder(keras.layers.Layer):
     """p(w | z): a diagonal Gaussian [B, N, K, D] over the classifier weights."""
     num_classes = tf.shape(latents)[1]
     offset = tf.cast(weights_stddev_offset(num_classes, self.embedding_dim), latents.dtype)
-    return distributions.gaussian_from_params(self(latents), stddev_offset=offset)
+    return distributions.gaussian_from_params(self(latents), stddev_offset=offset,
+                                              max_stddev=self.max_stddev)
 
   def class_weights_distribution(self, latents) -> distributions.tfd.Normal:
     """The distribution of each class's mean weight vector, [B, N, 1, D].
@@ -66,7 +70,8 @@ class Decoder(keras.layers.Layer):
     mean_code = tf.reduce_mean(latents, axis=2, keepdims=True)  # [B, N, 1, n_z]
     loc = tf.einsum("bnkz,zd->bnkd", mean_code, self.kernel[:, :d])  # [B, N, 1, D]
     unnormalized = tf.einsum("bnkz,zd->bnkd", latents, self.kernel[:, d:])  # [B, N, K, D]
-    stddev = distributions.stddev_from_params(unnormalized, offset)  # [B, N, K, D]
+    stddev = distributions.stddev_from_params(unnormalized, offset,
+                                              self.max_stddev)  # [B, N, K, D]
     scale = tf.sqrt(tf.reduce_sum(tf.square(stddev), axis=2, keepdims=True)) / num_copies
     return distributions.tfd.Normal(loc=loc, scale=scale)  # [B, N, 1, D]
 

@@ -21,15 +21,42 @@ tfd = tfp.distributions
 MIN_STDDEV = 1e-10
 
 
-def gaussian_from_params(params: tf.Tensor, stddev_offset: float = 0.0) -> tfd.Normal:
+def gaussian_from_params(params: tf.Tensor, stddev_offset: float = 0.0,
+                         max_stddev: float | None = None) -> tfd.Normal:
   """Returns the diagonal Gaussian that `params` [..., 2d] parameterise: [..., d]."""
   means, unnormalized_stddev = tf.split(params, 2, axis=-1)  # 2 x [..., d]
-  return tfd.Normal(loc=means, scale=stddev_from_params(unnormalized_stddev, stddev_offset))
+  return tfd.Normal(loc=means,
+                    scale=stddev_from_params(unnormalized_stddev, stddev_offset, max_stddev))
 
 
-def stddev_from_params(unnormalized_stddev: tf.Tensor, stddev_offset=0.0) -> tf.Tensor:
-  """sigma = max(exp(u) - (1 - offset), 1e-10), elementwise."""
+def stddev_from_params(unnormalized_stddev: tf.Tensor, stddev_offset=0.0,
+                       max_stddev: float | None = None) -> tf.Tensor:
+  """sigma = max(exp(u) - (1 - offset), 1e-10), elementwise; softly below max_stddev if given."""
+  if max_stddev:
+    unnormalized_stddev = soft_bound(unnormalized_stddev, stddev_offset, max_stddev)
   return tf.maximum(tf.exp(unnormalized_stddev) - (1.0 - stddev_offset), MIN_STDDEV)
+
+
+def soft_bound(unnormalized_stddev: tf.Tensor, stddev_offset, max_stddev: float) -> tf.Tensor:
+  """Squashes the positive u, u -> b tanh(u / b), b = log(max_stddev + 1 - offset).
+
+  The identity at and below 0 (both branches have slope 1 at 0) and never
+  above b, so sigma = exp(u) - (1 - offset) stays below max_stddev and neither
+  sigma nor its gradient exp(u) can overflow. Without it an inner loop can run
+  away: a large sigma makes large sampled weights, hence a large support loss
+  and a large gradient step on the code, which raises u further, until exp(u)
+  is Inf and the meta-batch's loss NaN (BUILD_NOTES, "Omniglot results").
+  The original has no bound (max_stddev None or 0 here).
+  """
+  offset = float(stddev_offset) if isinstance(stddev_offset, (int, float)) else None
+  if offset is not None and not max_stddev > offset:
+    raise ValueError(f"max_stddev ({max_stddev}) must be above the stddev offset ({offset}), "
+                     f"the stddev at u = 0.")
+  dtype = unnormalized_stddev.dtype
+  as_dtype = lambda x: tf.cast(x, dtype) if tf.is_tensor(x) else tf.constant(x, dtype)
+  bound = tf.math.log(as_dtype(max_stddev) + 1.0 - as_dtype(stddev_offset))
+  squashed = bound * tf.tanh(unnormalized_stddev / bound)
+  return tf.where(unnormalized_stddev > 0, squashed, unnormalized_stddev)
 
 
 def possibly_sample(distribution: tfd.Normal, *, training: bool, deterministic: bool,

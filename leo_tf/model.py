@@ -137,7 +137,8 @@ class LEO(tf.Module):
                                        name="encoder")
     self.relation_network = encoder_lib.RelationNetwork(n_z, seed=seed + 1, dtype=dtype,
                                                         name="relation_network")
-    self.decoder = decoder_lib.Decoder(d, seed=seed + 10, dtype=dtype, name="decoder")
+    self.decoder = decoder_lib.Decoder(d, seed=seed + 10, max_stddev=config.max_weights_stddev,
+                                       dtype=dtype, name="decoder")
     self.encoder.build((None, None, None, d))
     self.relation_network.build((None, None, None, n_z))
     self.decoder.build((None, None, None, n_z))

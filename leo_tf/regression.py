@@ -209,13 +209,11 @@ def bounded_gaussian(params: tf.Tensor, stddev_offset: float, max_stddev: float
                      ) -> distributions.tfd.Normal:
   """distributions.gaussian_from_params with the stddev softly bounded by max_stddev.
 
-  Positive unnormalised stddevs u are squashed, u -> b tanh(u / b) with
-  b = log(max_stddev + 1 - offset), and the others kept: the identity near and
-  below 0 (smooth at 0, where both have slope 1) and never above b, so
-  sigma = exp(u) - (1 - offset) stays below max_stddev. The regression needs it
-  where classification does not: the generator has no biases inside, so u
-  grows linearly with the size of (x, y) and of the code, and exp(u) overflows
-  within a few inner steps.
+  Positive unnormalised stddevs u are squashed (distributions.soft_bound), so
+  sigma = exp(u) - (1 - offset) stays below max_stddev. The regression always
+  needs it: the generator has no biases inside, so u grows linearly with the
+  size of (x, y) and of the code, and exp(u) overflows within a few inner
+  steps. (Classification can need it too: ModelConfig.max_weights_stddev.)
 
   Args:
     params: [..., 2d], means then unnormalised stddevs.
@@ -225,15 +223,8 @@ def bounded_gaussian(params: tf.Tensor, stddev_offset: float, max_stddev: float
   Returns:
     A tfd.Normal [..., d].
   """
-  if not max_stddev > stddev_offset:
-    raise ValueError(f"max_stddev ({max_stddev}) must be above the stddev offset "
-                     f"({stddev_offset}), the stddev at u = 0.")
-  means, unnormalized = tf.split(params, 2, axis=-1)  # 2 x [..., d]
-  bound = float(np.log(max_stddev + 1.0 - stddev_offset))
-  squashed = bound * tf.tanh(unnormalized / bound)
-  unnormalized = tf.where(unnormalized > 0, squashed, unnormalized)
-  return distributions.gaussian_from_params(tf.concat([means, unnormalized], axis=-1),
-                                            stddev_offset=stddev_offset)
+  return distributions.gaussian_from_params(params, stddev_offset=stddev_offset,
+                                            max_stddev=max_stddev)
 
 
 class BiasFreeMLP(keras.layers.Layer):

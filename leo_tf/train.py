@@ -47,6 +47,9 @@ flags.DEFINE_float("encoder_penalty_weight", 1e-9, "gamma in the paper: weight o
 flags.DEFINE_float("l2_penalty_weight", 1e-8, "lambda_1 in the paper: weight of the L2 term.")
 flags.DEFINE_float("orthogonality_penalty_weight", 1e-3,
                    "lambda_2 in the paper: weight of the decoder orthogonality penalty.")
+flags.DEFINE_float("max_weights_stddev", 0.0,
+                   "Soft upper bound on the decoder's weight stddev sigma^d (0: none, as the "
+                   "original). Keeps exp(u) from overflowing in the inner loop (e.g. 1.0).")
 flags.DEFINE_enum("kl_estimator", "sample", KL_ESTIMATORS,
                   "sample: the original's one-sample estimate; analytic: TFP's closed form.")
 flags.DEFINE_enum("ablation", "leo", ABLATIONS, "A row of the paper's table 2.")
@@ -136,6 +139,7 @@ def config_from_flags() -> trainer.RunConfig:
       encoder_penalty_weight=FLAGS.encoder_penalty_weight,
       l2_penalty_weight=FLAGS.l2_penalty_weight,
       orthogonality_penalty_weight=FLAGS.orthogonality_penalty_weight,
+      max_weights_stddev=FLAGS.max_weights_stddev,
       kl_estimator=FLAGS.kl_estimator).with_ablation(FLAGS.ablation)
   data = DataConfig(
       data_path=FLAGS.data_path, dataset_name=FLAGS.dataset_name,

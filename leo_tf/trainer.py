@@ -242,9 +242,17 @@ def _check_resume_config(config: RunConfig) -> None:
     return
   with open(path) as f:
     saved = json.load(f)
-  changed = [f"{group}.{name}: {saved[group][name]!r} -> {current[group][name]!r}"
+  # A setting that a run's config.json predates has its default there.
+  defaults = {group: {f.name: f.default for f in dataclasses.fields(cls)}
+              for group, cls in (("model", ModelConfig), ("data", DataConfig),
+                                 ("outer", OuterConfig))}
+
+  def saved_value(group, name):
+    return saved.get(group, {}).get(name, defaults[group].get(name))
+
+  changed = [f"{group}.{name}: {saved_value(group, name)!r} -> {current[group][name]!r}"
              for group, names in _RESUME_FIELDS.items() for name in names
-             if saved.get(group, {}).get(name) != current[group][name]]
+             if saved_value(group, name) != current[group][name]]
   if saved.get("model_name", "leo") != config.model_name:
     changed.append(f"model_name: {saved.get('model_name', 'leo')!r} -> {config.model_name!r}")
   if changed:

@@ -92,6 +92,60 @@ def test_stddev_transform_and_offset():
   np.testing.assert_allclose(decoder_lib.weights_stddev_offset(5, 640).numpy(), offset)
 
 
+def test_soft_bound_on_the_stddev_matches_numpy_and_keeps_gradients_finite():
+  # sigma = exp(u') - (1 - offset), u' = b tanh(u / b) for u > 0 and u' = u otherwise,
+  # b = log(max + 1 - offset): computed by hand in NumPy.
+  offset, max_stddev = 0.1, 2.0
+  u = np.array([[-40.0, -3.0, -0.5, 0.0, 0.3, 2.0, 50.0, 1000.0]])
+  b = np.log(max_stddev + 1.0 - offset)
+  squashed = np.where(u > 0, b * np.tanh(u / b), u)
+  want = np.maximum(np.exp(squashed) - (1.0 - offset), 1e-10)
+  got = distributions.stddev_from_params(tf.constant(u), offset, max_stddev).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  assert np.all(got <= max_stddev) and got[0, -1] == pytest.approx(max_stddev, rel=1e-9)
+  # Unchanged at and below u = 0, and without a bound (None or 0) the original's formula.
+  np.testing.assert_allclose(got[0, :4], np.maximum(np.exp(u[0, :4]) - 0.9, 1e-10), rtol=1e-12)
+  for off in (None, 0.0):
+    np.testing.assert_allclose(
+        distributions.stddev_from_params(tf.constant(u[:, :7]), offset, off).numpy(),
+        np.maximum(np.exp(u[:, :7]) - 0.9, 1e-10), rtol=1e-12)
+  # d sigma / d u against central finite differences (float64), and finite where
+  # the unbounded stddev overflows float32 (u = 1000: exp(u) = Inf).
+  u32 = tf.constant(u, tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(u32)
+    bounded = distributions.stddev_from_params(u32, offset, max_stddev)
+    unbounded = distributions.stddev_from_params(u32, offset)
+  assert np.all(np.isfinite(tape.gradient(bounded, u32).numpy()))
+  assert not np.all(np.isfinite(tape.gradient(unbounded, u32).numpy()))
+  u64 = tf.constant(u[:, 2:7])
+  with tf.GradientTape() as tape:
+    tape.watch(u64)
+    sigma = distributions.stddev_from_params(u64, offset, max_stddev)
+  h = 1e-6
+  numeric = (distributions.stddev_from_params(u64 + h, offset, max_stddev)
+             - distributions.stddev_from_params(u64 - h, offset, max_stddev)).numpy() / (2 * h)
+  np.testing.assert_allclose(tape.gradient(sigma, u64).numpy(), numeric, rtol=1e-6)
+  with pytest.raises(ValueError, match="max_stddev"):
+    distributions.stddev_from_params(u64, 0.5, 0.5)
+
+
+def test_decoder_bounds_the_weight_stddev_when_asked():
+  z = np.random.default_rng(3).standard_normal((B, N, K, NZ)) * 30  # large codes: large u
+  plain = decoder_lib.Decoder(D, seed=1, dtype="float64")
+  bounded = decoder_lib.Decoder(D, seed=1, max_stddev=1.5, dtype="float64")
+  for dec in (plain, bounded):
+    dec.build((None, None, None, NZ))
+  p, q = plain.weights_distribution(tf.constant(z)), bounded.weights_distribution(tf.constant(z))
+  np.testing.assert_array_equal(p.loc.numpy(), q.loc.numpy())
+  assert p.scale.numpy().max() > 1e3 and q.scale.numpy().max() <= 1.5
+  small = p.scale.numpy() < 0.05  # u <= 0 there (the offset is sqrt(2 / (N + D)) = 0.45)
+  np.testing.assert_allclose(q.scale.numpy()[small], p.scale.numpy()[small], rtol=1e-12)
+  mean = bounded.class_weights_distribution(tf.constant(z))
+  np.testing.assert_allclose(mean.scale.numpy()[:, :, 0],
+                             np.sqrt((q.scale.numpy() ** 2).sum(axis=2)) / K, rtol=1e-12)
+
+
 def _normal_logpdf(x, mu, sigma):
   return -0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
 

@@ -303,6 +303,36 @@ def test_bad_input_is_a_clear_value_error():
     ModelConfig(kl_estimator="exact")
   with pytest.raises(ValueError, match="ablation"):
     ModelConfig().with_ablation("no_leo")
+  with pytest.raises(ValueError, match="max_weights_stddev"):
+    ModelConfig(embedding_dim=640, max_weights_stddev=0.05)
+
+
+def test_weight_stddev_bound_stops_the_inner_loop_running_away():
+  # The failure seen on Omniglot features (BUILD_NOTES): a decoder whose stddev
+  # half maps codes to large u gives sigma = exp(u) large, the sampled weights a
+  # large support loss, the latent step a large move, u larger still, until
+  # exp(u) is Inf and the loss NaN. Reproduced here in float32 by scaling that half.
+  problem = _problem(dtype=np.float32)
+  seed = tf.constant([3, 4])
+  losses = {}
+  for bound in (0.0, 1.0):
+    model = LEO(_config(dtype="float32", inner_lr_init=5.0, max_weights_stddev=bound), seed=2)
+    kernel = model.decoder.kernel.numpy()
+    kernel[:, D:] *= 40.0  # the stddev half: u = z W_sigma
+    model.decoder.kernel.assign(kernel)
+    with tf.GradientTape() as tape:
+      loss = model.meta_loss(model(problem, training=True, seed=seed)).total
+    grads = tape.gradient(loss, model.meta_variables)
+    losses[bound] = (loss.numpy(), all(np.all(np.isfinite(g.numpy())) for g in grads))
+    # Evaluation uses the means, so the bound never changes it.
+    if bound:
+      unbounded = LEO(_config(dtype="float32", inner_lr_init=5.0), seed=2)
+      for a, b in zip(unbounded.meta_variables, model.meta_variables):
+        a.assign(b)
+      np.testing.assert_array_equal(model(problem, training=False).val_logits.numpy(),
+                                    unbounded(problem, training=False).val_logits.numpy())
+  assert not np.isfinite(losses[0.0][0])
+  assert np.isfinite(losses[1.0][0]) and losses[1.0][1]
 
 
 def test_checkpoint_round_trip_restores_every_variable(tmp_path):
