@@ -45,7 +45,7 @@ def soft_bound(unnormalized_stddev: tf.Tensor, stddev_offset, max_stddev: float)
   sigma nor its gradient exp(u) can overflow. Without it an inner loop can run
   away: a large sigma makes large sampled weights, hence a large support loss
   and a large gradient step on the code, which raises u further, until exp(u)
-  is Inf and the meta-batch's loss NaN (BUILD_NOTES, "Omniglot results").
+  is Inf and the meta-batch's loss NaN (BUILD_NOTES.md, "Bugs found and fixed").
   The original has no bound (max_stddev None or 0 here).
   """
   offset = float(stddev_offset) if isinstance(stddev_offset, (int, float)) else None

@@ -407,6 +407,7 @@ def train(config: RunConfig) -> dict[str, Any]:
 
   pending: list[outer.StepMetrics] = []
   fallbacks = 0
+  warned_nan = False
   step = start
   stopped_early = False
   if step < o.num_steps_limit:
@@ -434,8 +435,18 @@ def train(config: RunConfig) -> dict[str, Any]:
         with train_writer.as_default(step=step):
           for name in rates:
             tf.summary.histogram(name, getattr(run.model, name))
+        interval = len(pending)
         pending.clear()
-        progress.update(step, f"loss {means['loss']:.3f} acc {100 * means['accuracy']:.1f}%")
+        text = f"loss {means['loss']:.3f} acc {100 * means['accuracy']:.1f}%"
+        if means["fallback"] > 0:
+          text += f" NaN fallback {int(round(means['fallback']))}/{interval}"
+          if not warned_nan:
+            warned_nan = True
+            progress.message(
+                f"Step {step}: a meta-batch had a NaN or Inf loss or gradient; its update was "
+                "the L2 fallback's. If this goes on, training has stalled: bound the weight "
+                "stddev (--max_weights_stddev, e.g. 10) or lower --inner_lr_init.")
+        progress.update(step, text)
       if step % o.checkpoint_steps == 0 or step == o.num_steps_limit:
         stopped_early = validate(step)
         run.save_latest()

@@ -222,6 +222,38 @@ def test_resuming_with_other_settings_is_refused(data_path, tmp_path):
     trainer.train(other)
 
 
+def test_a_config_json_that_predates_a_setting_resumes_with_its_default(data_path, tmp_path):
+  config = _config(data_path, tmp_path / "run", num_steps_limit=0)
+  trainer.train(config)
+  path = tmp_path / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["model"]["max_weights_stddev"]  # as written before that setting existed
+  path.write_text(json.dumps(saved))
+  trainer.train(config)  # same settings: accepted
+  bounded = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                  max_weights_stddev=10.0))
+  with pytest.raises(ValueError, match=r"max_weights_stddev: 0.0 -> 10.0"):
+    trainer.train(bounded)
+
+
+def test_nan_steps_are_reported_and_the_weight_stddev_bound_prevents_them(data_path, tmp_path,
+                                                                          capsys):
+  # A huge latent rate makes the unbounded exp(u) overflow in the inner loop.
+  results = {}
+  for bound in (0.0, 10.0):
+    config = _config(data_path, tmp_path / f"run{bound}", num_steps_limit=10,
+                     checkpoint_steps=10, num_metatest_tasks=20)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, inner_lr_init=1e4, max_weights_stddev=bound))
+    results[bound] = trainer.train(config)
+    results[bound]["stdout"] = capsys.readouterr().out
+  assert results[0.0]["nan_fallbacks"] > 0
+  assert "NaN or Inf loss" in results[0.0]["stdout"]
+  assert "--max_weights_stddev" in results[0.0]["stdout"]
+  assert results[10.0]["nan_fallbacks"] == 0
+  assert "NaN" not in results[10.0]["stdout"]
+
+
 def _run_cli(args, timeout=120):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run([sys.executable, "-m", "leo_tf.train", *args], cwd=REPO, env=env,
