@@ -71,7 +71,7 @@ class ModelConfig:
       raise ValueError(
           f"max_weights_stddev must be 0 (no bound) or above the weights' stddev at u = 0, "
           f"sqrt(2 / (N + D)) <= {math.sqrt(2.0 / (self.embedding_dim + 2)):.4g}; got "
-          f"{self.max_weights_stddev} (e.g. 1.0).")
+          f"{self.max_weights_stddev} (e.g. 10).")
     if self.kl_estimator not in KL_ESTIMATORS:
       raise ValueError(
           f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}.")

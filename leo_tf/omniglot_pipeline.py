@@ -55,7 +55,8 @@ PUBLISHED = {
 # Stage 1 of the pipeline: conv4 with wider last blocks (256-d features), which
 # gave clearly better meta-validation NCM than 64 channels throughout for 1.4x
 # the compute (BUILD_NOTES.md); 12 epochs (6 gave 92.98% val NCM and 8 93.83%, still
-# rising; 12, about 26 minutes, keep the whole pipeline under an hour on 2 cores).
+# rising; 12 took 29 minutes and keep the whole pipeline, 50 minutes, under an hour on 2
+# cores).
 OMNIGLOT_PRETRAIN = pretrain.PretrainConfig(
     backbone=backbones.BackboneConfig(conv4_channels=(64, 64, 128, 256)), epochs=12)
 # Goals of the project's issue: LEO accuracy (%) per setting.

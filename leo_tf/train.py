@@ -49,7 +49,7 @@ flags.DEFINE_float("orthogonality_penalty_weight", 1e-3,
                    "lambda_2 in the paper: weight of the decoder orthogonality penalty.")
 flags.DEFINE_float("max_weights_stddev", 0.0,
                    "Soft upper bound on the decoder's weight stddev sigma^d (0: none, as the "
-                   "original). Keeps exp(u) from overflowing in the inner loop (e.g. 1.0).")
+                   "original). Keeps exp(u) from overflowing in the inner loop (e.g. 10).")
 flags.DEFINE_enum("kl_estimator", "sample", KL_ESTIMATORS,
                   "sample: the original's one-sample estimate; analytic: TFP's closed form.")
 flags.DEFINE_enum("ablation", "leo", ABLATIONS, "A row of the paper's table 2.")
