@@ -426,8 +426,10 @@ def train(config: RunConfig) -> dict[str, Any]:
       if step % config.summary_steps == 0 or step == o.num_steps_limit:
         means = {name: float(np.mean([getattr(m, name).numpy() for m in pending]))
                  for name in outer.StepMetrics._fields}
-        fallbacks += int(round(means["fallback"] * len(pending)))
-        means["fallback"] = means["fallback"] * len(pending)  # count in the interval
+        interval = len(pending)
+        num_fallbacks = int(round(means["fallback"] * interval))
+        fallbacks += num_fallbacks
+        means["fallback"] = float(num_fallbacks)  # count in the interval
         rates = [name for name in ("inner_lr", "finetuning_lr") if hasattr(run.model, name)]
         for name in rates:  # Meta-SGD has only inner_lr (its alpha)
           means[f"{name}_mean"] = float(tf.reduce_mean(getattr(run.model, name)).numpy())
@@ -435,11 +437,10 @@ def train(config: RunConfig) -> dict[str, Any]:
         with train_writer.as_default(step=step):
           for name in rates:
             tf.summary.histogram(name, getattr(run.model, name))
-        interval = len(pending)
         pending.clear()
         text = f"loss {means['loss']:.3f} acc {100 * means['accuracy']:.1f}%"
-        if means["fallback"] > 0:
-          text += f" NaN fallback {int(round(means['fallback']))}/{interval}"
+        if num_fallbacks:
+          text += f" NaN fallback {num_fallbacks}/{interval}"
           if not warned_nan:
             warned_nan = True
             progress.message(
