@@ -16,13 +16,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from leo_tf import trainer
-from leo_tf.config import ABLATIONS, KL_ESTIMATORS, DataConfig, ModelConfig, OuterConfig
+from leo_tf.classification import experiment as trainer
+from leo_tf.core.config import ABLATIONS, KL_ESTIMATORS, DataConfig, ModelConfig, OuterConfig
 
 # Data (original names).
 flags.DEFINE_string("data_path", "data/embeddings",
                     "Folder holding <dataset_name>/<embedding_crop>/<split>_embeddings.pkl "
-                    "(the unzipped LEO embeddings, or `python -m leo_tf.synthetic` output).")
+                    "(the unzipped LEO embeddings, or `python -m leo_tf.data.synthetic` output).")
 flags.DEFINE_string("dataset_name", "miniImageNet",
                     "miniImageNet, tieredImageNet, or another folder in the same layout "
                     "(synthetic for the embedded default set).")
@@ -93,7 +93,7 @@ flags.DEFINE_string("export_dir", None,
                     "If set, export the best checkpoint at the end of training as a SavedModel "
                     "version under this TF Serving model base path (python -m leo_tf.export).")
 
-# Few-shot regression on sines and lines (section 4.1; leo_tf.regression_trainer,
+# Few-shot regression on sines and lines (section 4.1; leo_tf.regression.experiment,
 # sines.flags). The model, outer-loop and run flags above keep their meaning
 # there (K = --num_tr_examples_per_class; queries per meta-training task =
 # --num_val_examples_per_class; --num_steps_limit and --outer_lr are LEO's);
@@ -163,10 +163,10 @@ def config_from_flags() -> trainer.RunConfig:
 
 def regression_config_from_flags():
   """The frozen regression_trainer.RegressionRunConfig that the flags describe."""
-  from leo_tf import maml  # pylint: disable=g-import-not-at-top
-  from leo_tf import regression  # pylint: disable=g-import-not-at-top
-  from leo_tf import regression_trainer  # pylint: disable=g-import-not-at-top
-  from leo_tf import sinusoid  # pylint: disable=g-import-not-at-top
+  from leo_tf.regression import maml  # pylint: disable=g-import-not-at-top
+  from leo_tf.regression import leo as regression  # pylint: disable=g-import-not-at-top
+  from leo_tf.regression import experiment as regression_trainer  # pylint: disable=g-import-not-at-top
+  from leo_tf.regression import tasks as sinusoid  # pylint: disable=g-import-not-at-top
   model = regression.RegressionConfig(
       num_latents=FLAGS.num_latents, inner_unroll_length=FLAGS.inner_unroll_length,
       finetuning_unroll_length=FLAGS.finetuning_unroll_length,
@@ -202,7 +202,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
   if FLAGS.num_cpu_devices > 1:
-    from leo_tf import distribute  # pylint: disable=g-import-not-at-top
+    from leo_tf.outer import distribute  # pylint: disable=g-import-not-at-top
     distribute.configure_cpu_devices(FLAGS.num_cpu_devices)  # before TensorFlow starts
   regression = FLAGS.problem == "regression"
   try:
@@ -210,7 +210,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   if regression:
-    from leo_tf import regression_trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+    from leo_tf.regression import experiment as trainer_lib  # pylint: disable=g-import-not-at-top
   else:
     trainer_lib = trainer
   try:
@@ -219,7 +219,7 @@ def main(argv):
     else:
       results = trainer_lib.train(config)
       if FLAGS.export_dir and results.get("chief", True):
-        from leo_tf import export  # pylint: disable=g-import-not-at-top
+        from leo_tf.serving import export  # pylint: disable=g-import-not-at-top
         version_dir = export.export_checkpoint(FLAGS.checkpoint_path, FLAGS.export_dir)
         print(f"Exported the best checkpoint to {version_dir}", flush=True)
   except (ValueError, OSError) as e:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import backbones
+from leo_tf.images import backbones
 
 
 def _trainable(model):

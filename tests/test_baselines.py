@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import episodes
-from leo_tf import metasgd
-from leo_tf import outer
-from leo_tf import prototypes
-from leo_tf import synthetic
-from leo_tf import testing
-from leo_tf import trainer
-from leo_tf.config import DataConfig, ModelConfig, OuterConfig
-from leo_tf.embeddings import load_split
-from leo_tf.episodes import ProblemInstance
+from leo_tf.data import episodes
+from leo_tf.classification import metasgd
+from leo_tf.outer import step as outer
+from leo_tf.classification import prototypes
+from leo_tf.data import synthetic
+from leo_tf.data import random_problems as testing
+from leo_tf.classification import experiment as trainer
+from leo_tf.core.config import DataConfig, ModelConfig, OuterConfig
+from leo_tf.data.embeddings import load_split
+from leo_tf.data.episodes import ProblemInstance
 
 
 def _problem(tr, val):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import classifier
-from leo_tf import decoder as decoder_lib
-from leo_tf import distributions
-from leo_tf import encoder as encoder_lib
-from leo_tf import seeds
+from leo_tf.core import classifier
+from leo_tf.core import decoder as decoder_lib
+from leo_tf.core import distributions
+from leo_tf.core import encoder as encoder_lib
+from leo_tf.core import seeds
 
 B, N, K, D, NZ = 2, 3, 4, 7, 5
 

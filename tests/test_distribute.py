@@ -19,14 +19,15 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 MIRRORED_CHECK = textwrap.dedent("""
     import json, sys
-    from leo_tf import distribute
+    from leo_tf.outer import distribute
     distribute.configure_cpu_devices(2)
     import numpy as np
     import tensorflow as tf
-    from leo_tf import outer, testing
-    from leo_tf.config import ModelConfig, OuterConfig
-    from leo_tf.episodes import ProblemInstance
-    from leo_tf.model import LEO, Noise
+    from leo_tf.outer import step as outer
+    from leo_tf.data import random_problems as testing
+    from leo_tf.core.config import ModelConfig, OuterConfig
+    from leo_tf.data.episodes import ProblemInstance
+    from leo_tf.classification.leo import LEO, Noise
 
     config = ModelConfig(embedding_dim=16, num_latents=4, inner_unroll_length=2,
                          finetuning_unroll_length=2, dropout_rate=0.3, kl_weight=0.1)
@@ -93,7 +94,7 @@ def _free_ports(count):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-  from leo_tf import synthetic
+  from leo_tf.data import synthetic
   path = str(tmp_path_factory.mktemp("embeddings"))
   synthetic.generate(synthetic.SyntheticConfig(
       num_train_classes=10, num_val_classes=6, num_test_classes=6, images_per_class=20,
@@ -118,7 +119,7 @@ def _checksum(stdout):
 
 def test_two_workers_on_localhost_train_together(tiny_data, tmp_path):
   import tensorflow as tf
-  from leo_tf import trainer
+  from leo_tf.classification import experiment as trainer
   ports = _free_ports(2)
   cluster = {"worker": [f"localhost:{p}" for p in ports]}
   run = tmp_path / "run"

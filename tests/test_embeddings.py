@@ -1,4 +1,4 @@
-"""Tests for leo_tf.embeddings: the published format, safe loading, errors, atomic writes."""
+"""Tests for leo_tf.data.embeddings: the published format, safe loading, errors, atomic writes."""
 
 import os
 import pathlib
@@ -8,8 +8,8 @@ import pickletools
 import numpy as np
 import pytest
 
-from leo_tf import embeddings as emb
-from leo_tf.config import DataConfig
+from leo_tf.data import embeddings as emb
+from leo_tf.core.config import DataConfig
 
 D = 640
 
@@ -220,7 +220,7 @@ def test_missing_file_says_how_to_get_the_data(tmp_path):
     emb.load_split(DataConfig(data_path=str(tmp_path / "nowhere")), "train")
   message = str(info.value)
   assert "miniImageNet/center/train_embeddings.pkl" in message
-  assert "embeddings.zip" in message and "python -m leo_tf.synthetic" in message
+  assert "embeddings.zip" in message and "python -m leo_tf.data.synthetic" in message
 
 
 def _mutated(**changes):

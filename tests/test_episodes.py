@@ -1,11 +1,11 @@
-"""Tests for leo_tf.episodes: seeded, vectorised N-way K-shot sampling."""
+"""Tests for leo_tf.data.episodes: seeded, vectorised N-way K-shot sampling."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import embeddings as emb
-from leo_tf import episodes
+from leo_tf.data import embeddings as emb
+from leo_tf.data import episodes
 
 D = 4
 
@@ -184,7 +184,7 @@ def test_make_dataset_matches_sampler_with_static_shapes():
 
 
 def test_bench_data_run_reports_every_case():
-  from leo_tf import bench_data  # pylint: disable=g-import-not-at-top
+  from leo_tf.bench.throughput import data as bench_data  # pylint: disable=g-import-not-at-top
   split = _split([25] * 6)
   results = bench_data.run(split, split, num_batches=3, batch_size=2, num_eval_tasks=5,
                            eval_chunk_size=2)

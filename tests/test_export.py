@@ -32,12 +32,12 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from leo_tf import embeddings
-from leo_tf import export
-from leo_tf import synthetic
-from leo_tf import trainer
-from leo_tf.config import DataConfig, ModelConfig, OuterConfig
-from leo_tf.model import LEO, ProblemInstance
+from leo_tf.data import embeddings
+from leo_tf.serving import export
+from leo_tf.data import synthetic
+from leo_tf.classification import experiment as trainer
+from leo_tf.core.config import DataConfig, ModelConfig, OuterConfig
+from leo_tf.classification.leo import LEO, ProblemInstance
 
 D, NZ = 32, 8
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

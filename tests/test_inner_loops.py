@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import classifier
-from leo_tf import decoder as decoder_lib
-from leo_tf import inner_loops
+from leo_tf.core import classifier
+from leo_tf.core import decoder as decoder_lib
+from leo_tf.core import inner_loops
 
 
 def _sigmoid(x):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import embeddings
-from leo_tf import omniglot
+from leo_tf.data import embeddings
+from leo_tf.images import omniglot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import outer
-from leo_tf import testing
-from leo_tf.config import ModelConfig, OuterConfig
-from leo_tf.model import LEO
+from leo_tf.outer import step as outer
+from leo_tf.data import random_problems as testing
+from leo_tf.core.config import ModelConfig, OuterConfig
+from leo_tf.classification.leo import LEO
 
 N, K, V, D, NZ = 3, 2, 3, 8, 4
 
@@ -100,8 +100,8 @@ def test_meta_training_lowers_the_loss_on_a_fixed_batch():
 
 @pytest.mark.parametrize("class_sizes", [[9] * 8, [7, 12, 9, 8, 15, 10, 9, 11]])
 def test_split_evaluator_equals_the_straightforward_evaluation(class_sizes):
-  from leo_tf import embeddings as embeddings_lib
-  from leo_tf import episodes
+  from leo_tf.data import embeddings as embeddings_lib
+  from leo_tf.data import episodes
   rng = np.random.default_rng(5)
   names = [f"c{c}" for c, size in enumerate(class_sizes) for _ in range(size)]
   order = rng.permutation(len(names))  # classes interleaved in the file, as they may be

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import backbones
-from leo_tf import embeddings
-from leo_tf import latent_figure
-from leo_tf import omniglot_pipeline
-from leo_tf import pretrain
-from leo_tf.config import DataConfig
+from leo_tf.images import backbones
+from leo_tf.data import embeddings
+from leo_tf.classification import latent_figure
+from leo_tf.images import omniglot_pipeline
+from leo_tf.images import pretrain
+from leo_tf.core.config import DataConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")
@@ -97,7 +97,7 @@ def test_wide_resnet_at_reduced_size_from_an_image_folder(tmp_path):
 def test_pretrain_command_writes_omniglot_embeddings(tmp_path):
   out = tmp_path / "emb"
   result = subprocess.run(
-      [sys.executable, "-m", "leo_tf.pretrain", f"--data_dir={DATA}", f"--output_path={out}",
+      [sys.executable, "-m", "leo_tf.images.pretrain", f"--data_dir={DATA}", f"--output_path={out}",
        "--max_classes=8", "--epochs=1", "--conv4_channels=8,8,8,8", "--num_eval_tasks=10",
        "--eval_num_classes=5", "--batch_size=32"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)

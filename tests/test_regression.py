@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import distributions
-from leo_tf import maml as maml_lib
-from leo_tf import regression
-from leo_tf import regression_trainer
-from leo_tf import sinusoid
-from leo_tf import trainer
-from leo_tf.config import OuterConfig
+from leo_tf.core import distributions
+from leo_tf.regression import maml as maml_lib
+from leo_tf.regression import leo as regression
+from leo_tf.regression import experiment as regression_trainer
+from leo_tf.regression import tasks as sinusoid
+from leo_tf.classification import experiment as trainer
+from leo_tf.core.config import OuterConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = sinusoid.SinusoidConfig()
@@ -321,7 +321,7 @@ def test_short_run_lowers_the_mse_and_writes_everything(trained_run):
 
 def test_export_round_trip(trained_run, tmp_path):
   config, _ = trained_run
-  from leo_tf import export  # pylint: disable=g-import-not-at-top
+  from leo_tf.serving import export  # pylint: disable=g-import-not-at-top
   version_dir = export.export_checkpoint(config.outer.checkpoint_path, str(tmp_path / "models"))
   assert version_dir.endswith(os.path.join("models", "1"))
   loaded = tf.saved_model.load(version_dir)

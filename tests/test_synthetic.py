@@ -1,4 +1,4 @@
-"""Tests for leo_tf.synthetic: a deterministic dataset in the published format."""
+"""Tests for leo_tf.data.synthetic: a deterministic dataset in the published format."""
 
 import json
 import os
@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from leo_tf import embeddings as emb
-from leo_tf import synthetic
-from leo_tf.config import DataConfig
+from leo_tf.data import embeddings as emb
+from leo_tf.data import synthetic
+from leo_tf.core.config import DataConfig
 
 TINY = synthetic.SyntheticConfig(
     seed=3, num_train_classes=6, num_val_classes=5, num_test_classes=7, images_per_class=20,
@@ -125,7 +125,7 @@ def test_bad_settings_are_value_errors():
 
 
 def test_command_line_entry_point(tmp_path):
-  command = [sys.executable, "-m", "leo_tf.synthetic", f"--output_path={tmp_path}",
+  command = [sys.executable, "-m", "leo_tf.data.synthetic", f"--output_path={tmp_path}",
              "--num_train_classes=5", "--num_val_classes=5", "--num_test_classes=5",
              "--images_per_class=20", "--embedding_dim=32", "--signal_dim=4",
              "--nuisance_dim=4", "--num_eval_tasks=10"]

@@ -1,13 +1,13 @@
-"""Tests for leo_tf.tfds_embeddings: build from pickles offline, read back identically."""
+"""Tests for leo_tf.data.tfds_embeddings: build from pickles offline, read back identically."""
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from leo_tf import embeddings as emb
-from leo_tf import synthetic
-from leo_tf import tfds_embeddings
-from leo_tf.config import DataConfig
+from leo_tf.data import embeddings as emb
+from leo_tf.data import synthetic
+from leo_tf.data import tfds_embeddings
+from leo_tf.core.config import DataConfig
 
 # D must be 640, the builder's feature size; few classes and images keep it fast.
 TINY = synthetic.SyntheticConfig(

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf import outer
-from leo_tf import synthetic
-from leo_tf import trainer
-from leo_tf.config import DataConfig, ModelConfig, OuterConfig
+from leo_tf.outer import step as outer
+from leo_tf.data import synthetic
+from leo_tf.classification import experiment as trainer
+from leo_tf.core.config import DataConfig, ModelConfig, OuterConfig
 
 D = 32
 SYNTH = synthetic.SyntheticConfig(num_train_classes=12, num_val_classes=6, num_test_classes=6,

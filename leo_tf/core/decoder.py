@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from leo_tf import distributions
+from leo_tf.core import distributions
 
 
 def weights_stddev_offset(num_classes, embedding_dim: int) -> tf.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
   import tensorflow as tf
 
-from leo_tf.embeddings import EmbeddingSplit
+from leo_tf.data.embeddings import EmbeddingSplit
 
 # Keys above every np.random.random() draw, so padded slots sort last.
 _PAD_KEY = 2.0

@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from leo_tf import embeddings as emb
-from leo_tf import synthetic
+from leo_tf.data import embeddings as emb
+from leo_tf.data import synthetic
 
 
 @dataclasses.dataclass(eq=False)
@@ -55,7 +55,7 @@ _CONFIGS = [
                         description="tieredImageNet, WRN-28-10 features of the center crop."),
     LeoEmbeddingsConfig(name="synthetic_center", dataset_name=synthetic.DATASET_NAME,
                         embedding_crop=synthetic.EMBEDDING_CROP,
-                        description="The project's synthetic set (python -m leo_tf.synthetic)."),
+                        description="The project's synthetic set (python -m leo_tf.data.synthetic)."),
 ]
 
 
@@ -69,7 +69,7 @@ class LeoEmbeddings(tfds.core.GeneratorBasedBuilder):
       "Download embeddings.zip from the LEO paper's repository (github.com/deepmind/leo) and "
       "unzip it; pass the folder that holds miniImageNet/ and tieredImageNet/ as manual_dir "
       "(tfds.download.DownloadConfig(manual_dir=...)). For synthetic_center, run "
-      "`python -m leo_tf.synthetic --output_path=<folder>` and pass that folder.")
+      "`python -m leo_tf.data.synthetic --output_path=<folder>` and pass that folder.")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -1,6 +1,6 @@
 r"""Stage 1 (appendix B.2): pre-train a feature extractor, write LEO embeddings.
 
-    python -m leo_tf.pretrain --data_dir=../shared/data/omniglot \
+    python -m leo_tf.images.pretrain --data_dir=../shared/data/omniglot \
         --output_path=data/embeddings
 
 A Keras backbone (backbones.py) is trained by plain supervised classification
@@ -42,11 +42,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from leo_tf import backbones
-from leo_tf import embeddings as emb
-from leo_tf import episodes
-from leo_tf import omniglot
-from leo_tf import prototypes
+from leo_tf.images import backbones
+from leo_tf.data import embeddings as emb
+from leo_tf.data import episodes
+from leo_tf.images import omniglot
+from leo_tf.classification import prototypes
 
 HEADS = ("cosine", "linear")
 INFO_FILE = "pretrain_info.json"
@@ -476,7 +476,7 @@ def main(argv):
   try:
     info = pretrain(config)
   except ValueError as e:
-    sys.exit(f"leo_tf.pretrain: error: {e}")
+    sys.exit(f"leo_tf.images.pretrain: error: {e}")
   print(json.dumps({"best_epoch": info["best_epoch"], "ncm": info["ncm"],
                     "embedding_dim": info["embedding_dim"]}, indent=2))
 

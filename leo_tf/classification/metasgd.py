@@ -15,7 +15,7 @@ the weights: features get a constant 1 appended, so theta is one tensor
 [N, D + 1] and the inner loop is inner_loops.finetuning_inner_loop, the pure
 function LEO's fine-tuning uses (with alpha [N, 1, D + 1] instead of [D]).
 
-The class exposes the interface of leo_tf.model.LEO (`__call__(problem, *,
+The class exposes the interface of leo_tf.classification.leo.LEO (`__call__(problem, *,
 training, seed) -> LEOOutputs`, `meta_loss`, `meta_variables`,
 `regularized_kernels`, `config`), so outer.make_train_step and the trainer
 run it unchanged. LEOOutputs fields, for this model:
@@ -33,13 +33,13 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from leo_tf import classifier
-from leo_tf import inner_loops
-from leo_tf import objective
-from leo_tf import seeds
-from leo_tf.config import DTYPES, ModelConfig
-from leo_tf.episodes import ProblemInstance
-from leo_tf.model import LEOOutputs, validate_problem
+from leo_tf.core import classifier
+from leo_tf.core import inner_loops
+from leo_tf.core import objective
+from leo_tf.core import seeds
+from leo_tf.core.config import DTYPES, ModelConfig
+from leo_tf.data.episodes import ProblemInstance
+from leo_tf.classification.leo import LEOOutputs, validate_problem
 
 
 @dataclasses.dataclass(frozen=True)

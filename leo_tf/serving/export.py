@@ -58,11 +58,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import leo_tf
-from leo_tf import classifier
-from leo_tf import embeddings
-from leo_tf import inner_loops
-from leo_tf import trainer
-from leo_tf.model import LEO
+from leo_tf.core import classifier
+from leo_tf.data import embeddings
+from leo_tf.core import inner_loops
+from leo_tf.classification import experiment as trainer
+from leo_tf.classification.leo import LEO
 
 SERVING_SIGNATURE = "serving_default"  # the full model: generator + both inner loops
 GENERATE_SIGNATURE = "generate"  # the conditional generator alone
@@ -435,8 +435,8 @@ def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | N
         "(python -m leo_tf.train writes config.json there).")
   with open(config_file) as f:
     config_dict = json.load(f)
-  if config_dict.get("problem") == "regression":  # sines and lines: leo_tf.regression_trainer
-    from leo_tf import regression_trainer  # pylint: disable=g-import-not-at-top
+  if config_dict.get("problem") == "regression":  # sines and lines: leo_tf.regression.experiment
+    from leo_tf.regression import experiment as regression_trainer  # pylint: disable=g-import-not-at-top
     return regression_trainer.export_checkpoint(checkpoint_path, export_dir, checkpoint,
                                                 allow_duplicate=allow_duplicate)
   run_config = trainer.RunConfig.from_dict(config_dict)

@@ -1,7 +1,7 @@
 r"""Throughput of the episode pipeline alone (no model).
 
-    python -m leo_tf.bench_data                      # generates a synthetic set in a temp dir
-    python -m leo_tf.bench_data --data_path=data/embeddings --dataset_name=miniImageNet
+    python -m leo_tf.bench.data                      # generates a synthetic set in a temp dir
+    python -m leo_tf.bench.data --data_path=data/embeddings --dataset_name=miniImageNet
 
 Cases, each printed as one JSON line and then as a table:
   sample_loop:  EpisodeSampler.sample in a Python loop, 5-way 5-shot, 15 queries, batch 12.
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from leo_tf import embeddings as emb
-from leo_tf import episodes
-from leo_tf import synthetic
-from leo_tf.config import DataConfig
+from leo_tf.data import embeddings as emb
+from leo_tf.data import episodes
+from leo_tf.data import synthetic
+from leo_tf.core.config import DataConfig
 
 
 def _peak_rss_mb() -> float:

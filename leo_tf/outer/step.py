@@ -23,9 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from leo_tf import objective
-from leo_tf.config import OuterConfig
-from leo_tf.model import LEO, Noise, ProblemInstance
+from leo_tf.core import objective
+from leo_tf.core.config import OuterConfig
+from leo_tf.classification.leo import LEO, Noise, ProblemInstance
 
 
 class StepMetrics(NamedTuple):

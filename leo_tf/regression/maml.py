@@ -20,11 +20,11 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from leo_tf import inner_loops
-from leo_tf import objective
-from leo_tf import regression
-from leo_tf.config import DTYPES
-from leo_tf.sinusoid import RegressionTasks
+from leo_tf.core import inner_loops
+from leo_tf.core import objective
+from leo_tf.regression import leo as regression
+from leo_tf.core.config import DTYPES
+from leo_tf.regression.tasks import RegressionTasks
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,14 +61,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from leo_tf import decoder as decoder_lib
-from leo_tf import distributions
-from leo_tf import encoder as encoder_lib
-from leo_tf import inner_loops
-from leo_tf import objective
-from leo_tf import seeds
-from leo_tf.config import DTYPES, KL_ESTIMATORS
-from leo_tf.sinusoid import RegressionTasks
+from leo_tf.core import decoder as decoder_lib
+from leo_tf.core import distributions
+from leo_tf.core import encoder as encoder_lib
+from leo_tf.core import inner_loops
+from leo_tf.core import objective
+from leo_tf.core import seeds
+from leo_tf.core.config import DTYPES, KL_ESTIMATORS
+from leo_tf.regression.tasks import RegressionTasks
 
 
 QUERY_LOSSES = ("samples", "mean")

@@ -1,6 +1,6 @@
 r"""Figure 4 of the paper: latent codes before and after adaptation, in 2-D.
 
-    python -m leo_tf.latent_figure --checkpoint_path=runs/omniglot/5way1shot/leo \
+    python -m leo_tf.classification.latent_figure --checkpoint_path=runs/omniglot/5way1shot/leo \
         --output=runs/omniglot/latents.png
 
 Restores the best checkpoint of a LEO run (its settings come from the run's
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from leo_tf import embeddings
-from leo_tf import episodes
-from leo_tf import trainer
+from leo_tf.data import embeddings
+from leo_tf.data import episodes
+from leo_tf.classification import experiment as trainer
 
 
 def load_run_config(checkpoint_path: str, data_path: str | None = None) -> trainer.RunConfig:
@@ -65,7 +65,7 @@ def collect_codes(config: trainer.RunConfig, split: str = "val", num_tasks: int 
       fine-tuning (weights decoded from z).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from leo_tf.model import LEO  # pylint: disable=g-import-not-at-top
+  from leo_tf.classification.leo import LEO  # pylint: disable=g-import-not-at-top
   if config.model_name != "leo":
     raise ValueError(f"The latent figure needs a LEO run; {config.outer.checkpoint_path!r} "
                      f"holds a {config.model_name!r} run.")
@@ -203,7 +203,7 @@ def main(argv):
   try:
     summary = make_figure(f.checkpoint_path, f.output, f.num_tasks, f.split, f.data_path)
   except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"leo_tf.latent_figure: error: {e}") from None
+    raise SystemExit(f"leo_tf.classification.latent_figure: error: {e}") from None
   print(json.dumps(summary, indent=2, sort_keys=True))
 
 

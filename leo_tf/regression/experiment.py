@@ -42,15 +42,15 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from leo_tf import embeddings
-from leo_tf import export as export_lib
-from leo_tf import maml as maml_lib
-from leo_tf import outer
-from leo_tf import regression
-from leo_tf import seeds
-from leo_tf import sinusoid
-from leo_tf import trainer
-from leo_tf.config import OuterConfig
+from leo_tf.data import embeddings
+from leo_tf.serving import export as export_lib
+from leo_tf.regression import maml as maml_lib
+from leo_tf.outer import step as outer
+from leo_tf.regression import leo as regression
+from leo_tf.core import seeds
+from leo_tf.regression import tasks as sinusoid
+from leo_tf.classification import experiment as trainer
+from leo_tf.core.config import OuterConfig
 
 PROBLEM = "regression"
 MODELS = ("leo", "maml")

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from leo_tf.config import DataConfig
+from leo_tf.core.config import DataConfig
 
 SPLITS = ("train", "val", "test")
 EMBEDDING_CROPS = ("center", "multiview")
@@ -49,7 +49,7 @@ _L2_EPSILON = 1e-12
 _HOW_TO_GET_DATA = (
     "Download embeddings.zip from the LEO paper's repository (github.com/deepmind/leo), unzip "
     "it and set data_path to the folder that holds miniImageNet/ and tieredImageNet/; or "
-    "generate the project's synthetic set with `python -m leo_tf.synthetic "
+    "generate the project's synthetic set with `python -m leo_tf.data.synthetic "
     "--output_path=data/embeddings` and use dataset_name=synthetic.")
 
 

@@ -1,8 +1,8 @@
 r"""The whole three-stage method on Omniglot, in one command (appendix B.7).
 
-    python -m leo_tf.omniglot_pipeline --data_dir=../shared/data/omniglot
+    python -m leo_tf.images.omniglot_pipeline --data_dir=../shared/data/omniglot
 
-  stage 1   leo_tf.pretrain: a conv4 trained by supervised classification of
+  stage 1   leo_tf.images.pretrain: a conv4 trained by supervised classification of
             the 4,112 meta-training classes (the epoch chosen on
             meta-validation classes), then embeddings of every split written in
             the published LEO format to <embeddings_path>/omniglot/center/.
@@ -37,10 +37,10 @@ import sys
 import time
 from typing import Any, Sequence
 
-from leo_tf import backbones
-from leo_tf import embeddings as emb
-from leo_tf import pretrain
-from leo_tf.config import ABLATIONS
+from leo_tf.images import backbones
+from leo_tf.data import embeddings as emb
+from leo_tf.images import pretrain
+from leo_tf.core.config import ABLATIONS
 
 SETTINGS = ("5way1shot", "5way5shot", "20way1shot", "20way5shot")
 MODELS = ("prototypes", "metasgd", "leo")
@@ -261,7 +261,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
   for setting in config.figure_settings:
     if not config.figure_tasks or "leo" not in config.models or setting not in config.settings:
       continue
-    from leo_tf import latent_figure  # pylint: disable=g-import-not-at-top
+    from leo_tf.classification import latent_figure  # pylint: disable=g-import-not-at-top
     path = os.path.join(config.output_dir, f"latents_{setting}.png")
     _log(f"figure 4: codes of {config.figure_tasks} meta-validation tasks -> {path}")
     figures.append(latent_figure.make_figure(os.path.join(config.output_dir, setting, "leo"),
@@ -301,7 +301,7 @@ def main(argv):
   try:
     run(config)
   except (ValueError, RuntimeError, FileNotFoundError) as e:
-    sys.exit(f"leo_tf.omniglot_pipeline: error: {e}")
+    sys.exit(f"leo_tf.images.omniglot_pipeline: error: {e}")
 
 
 if __name__ == "__main__":

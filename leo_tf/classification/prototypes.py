@@ -8,7 +8,7 @@ than on a metric-trained embedding):
     c_n = 1/K sum_k x_{n,k},    logit_n(x) = -||x - c_n||^2.
 
 `ncm_accuracy` is the NumPy version (stage 1 uses it to pick its epoch);
-`Prototypes` wraps the same rule in the model interface of leo_tf.model.LEO
+`Prototypes` wraps the same rule in the model interface of leo_tf.classification.leo.LEO
 (`__call__(problem, *, training, seed) -> LEOOutputs`, `meta_variables`, ...),
 so that the trainer evaluates it with the same episodes and confidence
 intervals; it has no variables and cannot be meta-trained.
@@ -21,9 +21,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from leo_tf import classifier
-from leo_tf.episodes import ProblemInstance
-from leo_tf.model import LEOOutputs, validate_problem
+from leo_tf.core import classifier
+from leo_tf.data.episodes import ProblemInstance
+from leo_tf.classification.leo import LEOOutputs, validate_problem
 
 
 def ncm_logits_numpy(tr_input: np.ndarray, val_input: np.ndarray) -> np.ndarray:

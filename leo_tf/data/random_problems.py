@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leo_tf.model import ProblemInstance
+from leo_tf.classification.leo import ProblemInstance
 
 
 def random_problem(batch_size: int, num_classes: int, num_tr: int, num_val: int,

@@ -36,15 +36,15 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from leo_tf import classifier
-from leo_tf import decoder as decoder_lib
-from leo_tf import distributions
-from leo_tf import encoder as encoder_lib
-from leo_tf import inner_loops
-from leo_tf import objective
-from leo_tf import seeds
-from leo_tf.config import ModelConfig
-from leo_tf.episodes import ProblemInstance  # [B, N, K, D], [B, N, K], [B, N, V, D], [B, N, V]
+from leo_tf.core import classifier
+from leo_tf.core import decoder as decoder_lib
+from leo_tf.core import distributions
+from leo_tf.core import encoder as encoder_lib
+from leo_tf.core import inner_loops
+from leo_tf.core import objective
+from leo_tf.core import seeds
+from leo_tf.core.config import ModelConfig
+from leo_tf.data.episodes import ProblemInstance  # [B, N, K, D], [B, N, K], [B, N, V, D], [B, N, V]
 
 
 class LEOOutputs(NamedTuple):

@@ -37,16 +37,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from leo_tf import distribute
-from leo_tf import embeddings
-from leo_tf import episodes
-from leo_tf import metasgd
-from leo_tf import outer
-from leo_tf import prototypes
-from leo_tf import seeds
-from leo_tf.config import DataConfig, ModelConfig, OuterConfig
-from leo_tf.embeddings import write_json_atomically  # re-exported for the run's files
-from leo_tf.model import LEO, ProblemInstance
+from leo_tf.outer import distribute
+from leo_tf.data import embeddings
+from leo_tf.data import episodes
+from leo_tf.classification import metasgd
+from leo_tf.outer import step as outer
+from leo_tf.classification import prototypes
+from leo_tf.core import seeds
+from leo_tf.core.config import DataConfig, ModelConfig, OuterConfig
+from leo_tf.data.embeddings import write_json_atomically  # re-exported for the run's files
+from leo_tf.classification.leo import LEO, ProblemInstance
 
 BEST_POINTER = "best.json"
 # --model: LEO, or a baseline on the same features with the same interface.

@@ -7,7 +7,7 @@ configuration (D = 640, n_z = 64, 5 + 5 inner steps):
   - evaluation, 5-way 1-shot and 5-shot with every remaining query (599 / 595
     per class of 600 images), 200 tasks per batch, as the trainer evaluates
     LEO (outer.SplitEvaluator; sampling the tasks included);
-each with XLA on and off, and the episode pipeline alone (leo_tf.bench_data, run as a
+each with XLA on and off, and the episode pipeline alone (leo_tf.bench.data, run as a
 subprocess after the model cases; `--nopipeline` skips it).
 
 Every case runs in its own process so that its peak resident memory
@@ -31,7 +31,7 @@ flags.DEFINE_string("case", "", "Run one case in this process (used internally).
 flags.DEFINE_integer("train_steps", 30, "Timed meta-training steps per case.")
 flags.DEFINE_integer("eval_tasks", 1000, "Tasks evaluated per evaluation case.")
 flags.DEFINE_string("cases", "", "Comma-separated subset of cases (default: all).")
-flags.DEFINE_bool("pipeline", True, "Also time the episode pipeline alone (leo_tf.bench_data).")
+flags.DEFINE_bool("pipeline", True, "Also time the episode pipeline alone (leo_tf.bench.data).")
 FLAGS = flags.FLAGS
 
 IMAGES_PER_CLASS = 600
@@ -56,9 +56,11 @@ def run_case(case: str) -> dict:
   """Times one case in this process."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from leo_tf import episodes, outer, testing  # pylint: disable=g-import-not-at-top
-  from leo_tf.config import ModelConfig, OuterConfig  # pylint: disable=g-import-not-at-top
-  from leo_tf.model import LEO  # pylint: disable=g-import-not-at-top
+  from leo_tf.data import episodes
+  from leo_tf.outer import step as outer
+  from leo_tf.data import random_problems as testing  # pylint: disable=g-import-not-at-top
+  from leo_tf.core.config import ModelConfig, OuterConfig  # pylint: disable=g-import-not-at-top
+  from leo_tf.classification.leo import LEO  # pylint: disable=g-import-not-at-top
 
   kind, ways_shots, xla = case.split("_")
   shots = int(ways_shots.split("way")[1].rstrip("shot"))
@@ -66,7 +68,7 @@ def run_case(case: str) -> dict:
   times = []
   if kind == "train" and xla.startswith("mirrored"):
     # tf.distribute over logical CPU devices (replicas run without XLA there).
-    from leo_tf import distribute  # pylint: disable=g-import-not-at-top
+    from leo_tf.outer import distribute  # pylint: disable=g-import-not-at-top
     replicas = int(xla[len("mirrored"):])
     strategy = distribute.make_strategy("mirrored")
     if strategy.num_replicas_in_sync != replicas:
@@ -104,7 +106,7 @@ def run_case(case: str) -> dict:
     # A split of 20 classes x 600 images (miniImageNet's test split), tasks drawn
     # from it by the episode sampler, evaluated as the trainer does: the fast
     # path (indices, one product with the split's embeddings), 200 tasks a batch.
-    from leo_tf import embeddings as embeddings_lib  # pylint: disable=g-import-not-at-top
+    from leo_tf.data import embeddings as embeddings_lib  # pylint: disable=g-import-not-at-top
     rng = np.random.default_rng(0)
     features = rng.standard_normal((20 * IMAGES_PER_CLASS, 640)).astype(np.float32)
     names = [f"c{i // IMAGES_PER_CLASS:02d}" for i in range(features.shape[0])]
@@ -149,7 +151,7 @@ def main(argv):
   del argv
   if FLAGS.case:
     if "mirrored" in FLAGS.case:
-      from leo_tf import distribute  # pylint: disable=g-import-not-at-top
+      from leo_tf.outer import distribute  # pylint: disable=g-import-not-at-top
       distribute.configure_cpu_devices(int(FLAGS.case.rsplit("mirrored", 1)[1]))
     print(json.dumps(run_case(FLAGS.case)), flush=True)
     return
@@ -171,12 +173,12 @@ def main(argv):
   print(format_table(rows))
   if FLAGS.pipeline:
     # The episode pipeline alone: its own JSON lines (case, episodes_per_s, peak_rss_mb) and table.
-    result = subprocess.run([sys.executable, "-m", "leo_tf.bench_data"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "leo_tf.bench.data"], capture_output=True,
                             text=True, env=env)
     if result.returncode:
       print(f"pipeline: failed: {(result.stderr.strip().splitlines() or ['unknown'])[-1]}")
     else:
-      print("Episode pipeline alone (python -m leo_tf.bench_data):")
+      print("Episode pipeline alone (python -m leo_tf.bench.data):")
       print(result.stdout.rstrip())
 
 

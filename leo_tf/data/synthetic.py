@@ -1,6 +1,6 @@
 r"""A synthetic few-shot dataset in the published LEO embeddings format.
 
-    python -m leo_tf.synthetic --output_path=data/embeddings
+    python -m leo_tf.data.synthetic --output_path=data/embeddings
 
 writes <output_path>/synthetic/center/{train,val,test}_embeddings.pkl (with
 embeddings.write_split, so exactly the published layout and pickle structure)
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from leo_tf import embeddings as emb
-from leo_tf import episodes
+from leo_tf.data import embeddings as emb
+from leo_tf.data import episodes
 
 DATASET_NAME = "synthetic"
 EMBEDDING_CROP = "center"

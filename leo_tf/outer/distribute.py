@@ -24,9 +24,9 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from leo_tf import outer
-from leo_tf.config import OuterConfig
-from leo_tf.model import LEO, Noise, ProblemInstance
+from leo_tf.outer import step as outer
+from leo_tf.core.config import OuterConfig
+from leo_tf.classification.leo import LEO, Noise, ProblemInstance
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 

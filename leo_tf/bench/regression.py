@@ -1,7 +1,7 @@
 r"""Benchmark: LEO against MAML on sines and lines, trained here on the CPU.
 
-    nice -n 10 python -m leo_tf.bench_regression                 # sines.flags settings
-    nice -n 10 python -m leo_tf.bench_regression --flagfile=sines.flags --num_steps_limit=6000
+    nice -n 10 python -m leo_tf.bench.regression                 # sines.flags settings
+    nice -n 10 python -m leo_tf.bench.regression --flagfile=sines.flags --num_steps_limit=6000
 
 Trains both models from scratch with the flagfile's settings (the same code
 path as `python -m leo_tf.train --flagfile=sines.flags`) in a fresh folder,
@@ -99,7 +99,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if FLAGS.problem != "regression":
     raise app.UsageError("bench_regression benchmarks --problem=regression (use sines.flags).")
-  from leo_tf import regression_trainer  # pylint: disable=g-import-not-at-top
+  from leo_tf.regression import experiment as regression_trainer  # pylint: disable=g-import-not-at-top
   config = train_entry.regression_config_from_flags()
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
   path = FLAGS.bench_dir or os.path.join("runs", "bench_sines", stamp)

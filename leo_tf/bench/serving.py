@@ -1,7 +1,7 @@
 r"""Latency of an exported LEO SavedModel: p50 and p99 of one request.
 
-    python -m leo_tf.bench_serving --export_dir=/models/leo        # its latest version
-    python -m leo_tf.bench_serving                                 # a throwaway D=640 model
+    python -m leo_tf.bench.serving --export_dir=/models/leo        # its latest version
+    python -m leo_tf.bench.serving                                 # a throwaway D=640 model
 
 Loads the SavedModel with tf.saved_model.load in a fresh process (one that
 never imports leo_tf, like a server), warms it up, then times `--num_calls`
@@ -55,9 +55,9 @@ def latest_version_dir(export_dir: str) -> str:
 
 def throwaway_export(folder: str, embedding_dim: int = 640, num_latents: int = 64) -> str:
   """Exports an untrained LEO of the given sizes under `folder`; returns the version dir."""
-  from leo_tf import export  # pylint: disable=g-import-not-at-top
-  from leo_tf import trainer  # pylint: disable=g-import-not-at-top
-  from leo_tf.config import ModelConfig, OuterConfig  # pylint: disable=g-import-not-at-top
+  from leo_tf.serving import export  # pylint: disable=g-import-not-at-top
+  from leo_tf.classification import experiment as trainer  # pylint: disable=g-import-not-at-top
+  from leo_tf.core.config import ModelConfig, OuterConfig  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(folder, "run")
   config = trainer.RunConfig(
       model=ModelConfig(embedding_dim=embedding_dim, num_latents=num_latents),
@@ -175,7 +175,7 @@ def main(argv):
   try:
     results = run_benchmark(f.export_dir or None, f.num_calls, f.num_warmup, f.num_threads)
   except FileNotFoundError as e:
-    raise SystemExit(f"leo_tf.bench_serving: error: {e}") from None
+    raise SystemExit(f"leo_tf.bench.serving: error: {e}") from None
   for r in results:
     print(json.dumps(r, sort_keys=True))
   print(format_table(results))
