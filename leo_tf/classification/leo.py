@@ -45,6 +45,7 @@ from leo_tf.core import objective
 from leo_tf.core import seeds
 from leo_tf.core.config import ModelConfig
 from leo_tf.data.episodes import ProblemInstance  # [B, N, K, D], [B, N, K], [B, N, V, D], [B, N, V]
+from leo_tf.outer import learner
 
 
 class LEOOutputs(NamedTuple):
@@ -65,7 +66,7 @@ class Noise(NamedTuple):
   """Every random draw of one meta-training pass over B tasks.
 
   Drawn by LEO.draw_noise from one stateless seed with TF's and TFP's kernels,
-  outside the XLA-compiled step (see outer.make_train_step), then consumed by
+  outside the XLA-compiled step (see outer.step.make_train_step), then consumed by
   LEO.__call__. The same seed gives the same numbers with XLA on or off.
   """
 
@@ -115,7 +116,12 @@ def validate_problem(problem: ProblemInstance, embedding_dim: int) -> None:
 
 
 class LEO(tf.Module):
-  """The LEO model: Keras layers g_e, g_r, g_d and the two learned inner rates."""
+  """The LEO model: Keras layers g_e, g_r, g_d and the two learned inner rates.
+
+  A MetaLearner (outer.learner): the outer loop trains it through that contract.
+  """
+
+  score = learner.ACCURACY
 
   def __init__(self, config: ModelConfig, *, seed: int = 0, first_order: bool = False,
                name: str = "leo"):
@@ -161,6 +167,15 @@ class LEO(tf.Module):
   def meta_variables(self) -> list:
     """Everything the outer loop trains, in a fixed order."""
     return [*self.regularized_kernels, self.inner_lr, self.finetuning_lr]
+
+  @property
+  def learned_rates(self) -> dict[str, tf.Variable]:
+    """alpha and eta, logged by the outer loop."""
+    return {"inner_lr": self.inner_lr, "finetuning_lr": self.finetuning_lr}
+
+  def step_scalars(self, outputs: LEOOutputs) -> dict[str, tf.Tensor]:
+    """The meta-batch's mean query accuracy, logged beside the objective's terms."""
+    return {"accuracy": tf.reduce_mean(outputs.val_accuracy)}
 
   def draw_noise(self, problem: ProblemInstance, seed: tf.Tensor) -> Noise:
     """All random draws of a meta-training pass on `problem`, from an int32 [2] seed."""
@@ -208,13 +223,15 @@ class LEO(tf.Module):
     return latents, kl
 
   def adapt(self, tr_input: tf.Tensor, tr_output: tf.Tensor, *, training: bool,
-            noise: Noise | None = None):
+            noise: Noise | None = None, adaptation: bool = True):
     """Encode, adapt in latent space, fine-tune: the support set's part of LEO.
 
     Args:
       tr_input: [B, N, K, D] support features; tr_output: [B, N, K] labels.
       training: meta-training (noise required) or evaluation.
       noise: the random draws of meta-training (LEO.draw_noise).
+      adaptation: False skips both inner loops, whatever the configuration: the
+        conditional generator alone (the served `generate` signature).
 
     Returns:
       (codes z [B, N, K, n_z], KL [B], adapted codes z' [B, N, K, n_z],
@@ -222,14 +239,13 @@ class LEO(tf.Module):
       support loss after latent adaptation [B, N, K]).
     """
     c = self.config
-    t, f = c.inner_unroll_length, c.finetuning_unroll_length
+    t, f = (c.inner_unroll_length, c.finetuning_unroll_length) if adaptation else (0, 0)
     latents, kl = self.encode(tr_input, training=training, noise=noise)
     num_copies = tf.cast(tf.shape(tr_input)[2], self.dtype)  # K
 
     def decode_fn(z, i):
       weights = self.decoder.class_weights_distribution(z)  # [B, N, 1, D]
-      return distributions.possibly_sample(weights, training=training,
-                                           deterministic=c.deterministic,
+      return distributions.possibly_sample(weights, sample=training and not c.deterministic,
                                            noise=noise.weight_eps[i] if training else None)
 
     def leo_loss_fn(w, i):
@@ -253,8 +269,8 @@ class LEO(tf.Module):
     """Evaluation: the adapted linear classifier [B, N, D] (mean over the K copies).
 
     logits(x) = <x, w_n> for these weights are the model's evaluation logits
-    (classifier.logits); the fast evaluation path (outer.make_split_eval_step)
-    relies on that.
+    (classifier.logits); the fast evaluation path
+    (classification.evaluation.SplitEvaluator) relies on that.
     """
     _, _, _, weights, _ = self.adapt(tf.convert_to_tensor(tr_input, self.dtype),
                                      tf.convert_to_tensor(tr_output, tf.int32), training=False)
@@ -275,8 +291,7 @@ class LEO(tf.Module):
     Returns:
       LEOOutputs.
     """
-    if training is None or not isinstance(training, bool):
-      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
+    learner.check_training_flag(training)
     if training and seed is None and noise is None:
       raise ValueError("Meta-training draws samples and dropout masks: pass seed, an int32 [2] "
                        "tensor (e.g. seeds.step_seed(run_seed, step)), or noise.")

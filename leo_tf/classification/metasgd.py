@@ -15,10 +15,10 @@ the weights: features get a constant 1 appended, so theta is one tensor
 [N, D + 1] and the inner loop is inner_loops.finetuning_inner_loop, the pure
 function LEO's fine-tuning uses (with alpha [N, 1, D + 1] instead of [D]).
 
-The class exposes the interface of leo_tf.classification.leo.LEO (`__call__(problem, *,
-training, seed) -> LEOOutputs`, `meta_loss`, `meta_variables`,
-`regularized_kernels`, `config`), so outer.make_train_step and the trainer
-run it unchanged. LEOOutputs fields, for this model:
+The class is a MetaLearner (outer.learner) with LEO's outputs (`__call__(problem,
+*, training, seed, noise) -> LEOOutputs`), so the one outer step and fit loop
+train it and classification.experiment evaluates it as LEO. LEOOutputs
+fields, for this model:
   latents:          theta_0's weights W_0 for each task [B, N, 1, D] (Meta-SGD's
                     "code" is the classifier itself);
   adapted_latents:  the adapted weights W' [B, N, 1, D];
@@ -37,9 +37,11 @@ from leo_tf.core import classifier
 from leo_tf.core import inner_loops
 from leo_tf.core import objective
 from leo_tf.core import seeds
-from leo_tf.core.config import DTYPES, ModelConfig
-from leo_tf.data.episodes import ProblemInstance
+from leo_tf.core.config import (DTYPES, ModelConfig, check_at_least, check_choice, check_fraction,
+                                check_positive)
 from leo_tf.classification.leo import LEOOutputs, validate_problem
+from leo_tf.data.episodes import ProblemInstance
+from leo_tf.outer import learner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +57,17 @@ class MetaSGDConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    if self.embedding_dim < 1:
-      raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}.")
+    check_at_least(self, 1, "embedding_dim")
     if self.num_classes < 2:
       raise ValueError(f"num_classes (N) must be >= 2, got {self.num_classes}.")
     if self.num_inner_steps < 1:
       raise ValueError(
           f"num_inner_steps must be >= 1 (Meta-SGD adapts at least once), got "
           f"{self.num_inner_steps}; for Meta-SGD set --finetuning_unroll_length >= 1.")
-    if self.inner_lr_init <= 0:
-      raise ValueError(f"inner_lr_init must be > 0, got {self.inner_lr_init}.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
-    if self.l2_penalty_weight < 0:
-      raise ValueError(f"l2_penalty_weight must be >= 0, got {self.l2_penalty_weight}.")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+    check_positive(self, "inner_lr_init")
+    check_fraction(self, "dropout_rate")
+    check_at_least(self, 0, "l2_penalty_weight")
+    check_choice(self, "dtype", DTYPES)
 
   @classmethod
   def from_model_config(cls, model: ModelConfig, num_classes: int) -> "MetaSGDConfig":
@@ -93,14 +90,6 @@ class MetaSGDNoise(NamedTuple):
   query_keep: tf.Tensor  # [B, N, V, D] multiplier of the queries
 
 
-def keep_mask(shape: tf.Tensor, rate: float, seed: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-  """Inverted-dropout multiplier of `shape`: 1 / (1 - rate) where kept, 0 where dropped."""
-  if rate == 0.0:
-    return tf.ones(shape, dtype)
-  uniform = tf.random.stateless_uniform(shape, seed=seed, dtype=dtype)
-  return tf.cast(uniform >= rate, dtype) / (1.0 - rate)
-
-
 def with_bias_feature(inputs: tf.Tensor) -> tf.Tensor:
   """Appends a constant 1 to every feature vector: [..., D] -> [..., D + 1]."""
   ones = tf.ones(tf.concat([tf.shape(inputs)[:-1], [1]], axis=0), inputs.dtype)
@@ -109,6 +98,8 @@ def with_bias_feature(inputs: tf.Tensor) -> tf.Tensor:
 
 class MetaSGD(tf.Module):
   """theta_0 [N, D + 1] (weights and bias) and alpha [N, D + 1], meta-learned."""
+
+  score = learner.ACCURACY
 
   def __init__(self, config: MetaSGDConfig, *, name: str = "metasgd"):
     """Builds the variables: theta_0 = 0 (all slots alike; labels are permuted per task)."""
@@ -132,10 +123,19 @@ class MetaSGD(tf.Module):
   def meta_variables(self) -> list:
     return [self.initial_weights, self.inner_lr]
 
+  @property
+  def learned_rates(self) -> dict[str, tf.Variable]:
+    """alpha, logged by the outer loop."""
+    return {"inner_lr": self.inner_lr}
+
+  def step_scalars(self, outputs: LEOOutputs) -> dict[str, tf.Tensor]:
+    """The meta-batch's mean query accuracy."""
+    return {"accuracy": tf.reduce_mean(outputs.val_accuracy)}
+
   def draw_noise(self, problem: ProblemInstance, seed: tf.Tensor) -> "MetaSGDNoise":
     """The dropout masks of a meta-training pass on `problem`, from an int32 [2] seed.
 
-    Drawn with TF's stateless kernels; outer.make_train_step draws them outside
+    Drawn with TF's stateless kernels; outer.step.make_train_step draws them outside
     its XLA-compiled function and passes them as `noise`.
     """
     c = self.config
@@ -143,9 +143,9 @@ class MetaSGD(tf.Module):
     val_shape = tf.shape(problem.val_input)  # [B, N, V, D]
     support_seed, query_seed = seeds.split_seed(seed, 2)
     return MetaSGDNoise(
-        support_keep=keep_mask(tf.concat([[c.num_inner_steps + 1], tr_shape], 0),
+        support_keep=seeds.dropout_keep_mask(tf.concat([[c.num_inner_steps + 1], tr_shape], 0),
                                c.dropout_rate, support_seed, self.dtype),
-        query_keep=keep_mask(val_shape, c.dropout_rate, query_seed, self.dtype))
+        query_keep=seeds.dropout_keep_mask(val_shape, c.dropout_rate, query_seed, self.dtype))
 
   def __call__(self, problem: ProblemInstance, *, training: bool,
                seed: tf.Tensor | None = None, noise: "MetaSGDNoise | None" = None
@@ -162,8 +162,7 @@ class MetaSGD(tf.Module):
     Returns:
       LEOOutputs (see the module docstring for what latents mean here).
     """
-    if training is None or not isinstance(training, bool):
-      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
+    learner.check_training_flag(training)
     if training and seed is None and noise is None:
       raise ValueError("Meta-training draws dropout masks: pass seed, an int32 [2] tensor "
                        "(e.g. seeds.step_seed(run_seed, step)), or noise=draw_noise(...).")

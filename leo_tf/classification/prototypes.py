@@ -8,7 +8,7 @@ than on a metric-trained embedding):
     c_n = 1/K sum_k x_{n,k},    logit_n(x) = -||x - c_n||^2.
 
 `ncm_accuracy` is the NumPy version (stage 1 uses it to pick its epoch);
-`Prototypes` wraps the same rule in the model interface of leo_tf.classification.leo.LEO
+`Prototypes` wraps the same rule in the MetaLearner contract with LEO's outputs
 (`__call__(problem, *, training, seed) -> LEOOutputs`, `meta_variables`, ...),
 so that the trainer evaluates it with the same episodes and confidence
 intervals; it has no variables and cannot be meta-trained.
@@ -22,8 +22,10 @@ import numpy as np
 import tensorflow as tf
 
 from leo_tf.core import classifier
-from leo_tf.data.episodes import ProblemInstance
 from leo_tf.classification.leo import LEOOutputs, validate_problem
+from leo_tf.core.config import check_at_least
+from leo_tf.data.episodes import ProblemInstance
+from leo_tf.outer import learner
 
 
 def ncm_logits_numpy(tr_input: np.ndarray, val_input: np.ndarray) -> np.ndarray:
@@ -50,8 +52,7 @@ class PrototypesConfig:
   embedding_dim: int = 640  # D
 
   def __post_init__(self):
-    if self.embedding_dim < 1:
-      raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}.")
+    check_at_least(self, 1, "embedding_dim")
 
 
 class Prototypes(tf.Module):
@@ -65,6 +66,8 @@ class Prototypes(tf.Module):
     kl, encoder_penalty: zeros [B].
   """
 
+  score = learner.ACCURACY
+
   def __init__(self, config: PrototypesConfig, *, name: str = "prototypes"):
     super().__init__(name=name)
     self.config = config
@@ -76,6 +79,13 @@ class Prototypes(tf.Module):
   @property
   def meta_variables(self) -> list:
     return []
+
+  @property
+  def learned_rates(self) -> dict[str, tf.Variable]:
+    return {}
+
+  def step_scalars(self, outputs: LEOOutputs) -> dict[str, tf.Tensor]:
+    return {"accuracy": tf.reduce_mean(outputs.val_accuracy)}
 
   def draw_noise(self, problem: ProblemInstance, seed: tf.Tensor):
     raise ValueError("The nearest-class-mean baseline draws nothing and cannot be "
@@ -91,9 +101,7 @@ class Prototypes(tf.Module):
       seed, noise: unused (accepted for the common model interface).
     """
     del seed, noise
-    if training is None or not isinstance(training, bool):
-      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
-    if training:
+    if learner.check_training_flag(training):
       raise ValueError("The nearest-class-mean baseline has no parameters to meta-train; call "
                        "it with training=False (--model=prototypes only evaluates).")
     validate_problem(problem, self.config.embedding_dim)

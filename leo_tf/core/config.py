@@ -25,11 +25,51 @@ ABLATIONS = (
 )
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-  if allow_zero and value < 0:
-    raise ValueError(f"{name} must be >= 0, got {value}.")
-  if not allow_zero and value <= 0:
-    raise ValueError(f"{name} must be > 0, got {value}.")
+OBJECTIVE_WEIGHTS = ("kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
+                     "orthogonality_penalty_weight")  # beta, gamma, lambda_1, lambda_2
+UNROLL_LENGTHS = ("inner_unroll_length", "finetuning_unroll_length")
+
+
+# Checks shared by every configuration dataclass of the project (model, data,
+# outer loop, baselines, regression): each raises ValueError naming the field.
+
+
+def check_at_least(config, minimum: int, *names: str, note: str = "") -> None:
+  """Every named field of `config` must be >= minimum (`note` explains the bound)."""
+  for name in names:
+    value = getattr(config, name)
+    if value < minimum:
+      raise ValueError(f"{name} must be >= {minimum}{note}, got {value}.")
+
+
+def check_positive(config, *names: str) -> None:
+  """Every named field of `config` must be > 0."""
+  for name in names:
+    value = getattr(config, name)
+    if not value > 0:
+      raise ValueError(f"{name} must be > 0, got {value}.")
+
+
+def check_fraction(config, name: str) -> None:
+  """The named field must be in [0, 1) (a dropout rate, an offset)."""
+  value = getattr(config, name)
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name} must be in [0, 1), got {value}.")
+
+
+def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+  """The named field must be one of `choices`."""
+  value = getattr(config, name)
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def check_inner_model(config) -> None:
+  """What every LEO-style model configuration shares: unroll lengths, weights, estimator, dtype."""
+  check_at_least(config, 0, *UNROLL_LENGTHS, note=" (0 switches that loop off)")
+  check_at_least(config, 0, *OBJECTIVE_WEIGHTS)
+  check_choice(config, "kl_estimator", KL_ESTIMATORS)
+  check_choice(config, "dtype", DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,29 +94,15 @@ class ModelConfig:
   dtype: str = "float32"  # "float64" for gradient checks
 
   def __post_init__(self):
-    for name in ("embedding_dim", "num_latents"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-    for name in ("inner_unroll_length", "finetuning_unroll_length"):
-      if getattr(self, name) < 0:
-        raise ValueError(
-            f"{name} must be >= 0 (0 switches that loop off), got {getattr(self, name)}.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
-    for name in ("kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
-                 "orthogonality_penalty_weight"):
-      _check_positive(name, getattr(self, name), allow_zero=True)
+    check_at_least(self, 1, "embedding_dim", "num_latents")
+    check_fraction(self, "dropout_rate")
+    check_inner_model(self)
     if self.max_weights_stddev and not (
         self.max_weights_stddev > math.sqrt(2.0 / (self.embedding_dim + 2))):
       raise ValueError(
           f"max_weights_stddev must be 0 (no bound) or above the weights' stddev at u = 0, "
           f"sqrt(2 / (N + D)) <= {math.sqrt(2.0 / (self.embedding_dim + 2)):.4g}; got "
           f"{self.max_weights_stddev} (e.g. 10).")
-    if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(
-          f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}.")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
 
   def with_ablation(self, ablation: str) -> "ModelConfig":
     """Returns this configuration switched to one of the paper's table 2 rows."""
@@ -137,10 +163,8 @@ class OuterConfig:
   jit_compile: bool = True  # compile the meta-training step with XLA
 
   def __post_init__(self):
-    for name in ("metatrain_batch_size", "metavalid_batch_size", "metatest_batch_size",
-                 "checkpoint_steps", "num_metavalid_tasks", "num_metatest_tasks"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-    _check_positive("num_steps_limit", self.num_steps_limit, allow_zero=True)
-    _check_positive("outer_lr", self.outer_lr)
-    _check_positive("early_stopping_patience", self.early_stopping_patience, allow_zero=True)
+    check_at_least(self, 1, "metatrain_batch_size", "metavalid_batch_size",
+                   "metatest_batch_size", "checkpoint_steps", "num_metavalid_tasks",
+                   "num_metatest_tasks")
+    check_at_least(self, 0, "num_steps_limit", "early_stopping_patience")
+    check_positive(self, "outer_lr")

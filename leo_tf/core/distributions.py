@@ -59,24 +59,24 @@ def soft_bound(unnormalized_stddev: tf.Tensor, stddev_offset, max_stddev: float)
   return tf.where(unnormalized_stddev > 0, squashed, unnormalized_stddev)
 
 
-def possibly_sample(distribution: tfd.Normal, *, training: bool, deterministic: bool,
+def possibly_sample(distribution: tfd.Normal, *, sample: bool,
                     noise: tf.Tensor | None) -> tf.Tensor:
-  """A reparameterised sample mu + sigma * eps in meta-training, the mean otherwise.
+  """A reparameterised sample mu + sigma * eps when `sample`, the mean mu otherwise.
 
   Args:
     distribution: a tfd.Normal with batch shape [..., d].
-    training: meta-training (sample) or evaluation (mean).
-    deterministic: the paper's deterministic ablation: always the mean.
+    sample: draw (classification: meta-training outside the deterministic
+      ablation; regression: whenever codes and parameters are sampled, in
+      evaluation too) or take the mean.
     noise: eps ~ N(0, I), [..., d] (standard_normal); required when sampling.
 
   Returns:
     [..., d] tensor.
   """
-  if not training or deterministic:
+  if not sample:
     return distribution.loc
   if noise is None:
-    raise ValueError("possibly_sample needs noise eps ~ N(0, I) (standard_normal) in "
-                     "meta-training.")
+    raise ValueError("possibly_sample needs noise eps ~ N(0, I) (standard_normal) to sample.")
   return distribution.loc + distribution.scale * noise
 
 
@@ -84,19 +84,6 @@ def standard_normal(shape, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
   """eps ~ N(0, I) of `shape`, drawn by TFP with a stateless int32 [2] seed."""
   standard = tfd.Normal(loc=tf.zeros([], dtype), scale=tf.ones([], dtype))
   return standard.sample(shape, seed=seed)
-
-
-def sample_with_noise(distribution: tfd.Normal, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """z = mu + sigma * eps with eps ~ N(0, I) drawn by TFP: returns (z, eps), [..., d] each.
-
-  The same values as distribution.sample(seed=seed) (TFP's Normal samples
-  eps with the same seed and returns loc + scale * eps), with the noise kept for
-  the KL estimate.
-  """
-  standard = tfd.Normal(loc=tf.zeros_like(distribution.loc),
-                        scale=tf.ones_like(distribution.scale))
-  noise = standard.sample(seed=seed)
-  return distribution.loc + distribution.scale * noise, noise
 
 
 def kl_to_standard_normal(distribution: tfd.Normal, samples: tf.Tensor, noise: tf.Tensor | None,

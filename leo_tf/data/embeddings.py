@@ -27,16 +27,15 @@ import codecs
 import dataclasses
 import importlib
 import io
-import json
 import os
 import pickle
 import struct
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
 from leo_tf.core.config import DataConfig
+from leo_tf.data import atomic
 
 SPLITS = ("train", "val", "test")
 EMBEDDING_CROPS = ("center", "multiview")
@@ -524,53 +523,6 @@ class _Python2StylePickler(pickle._Pickler):  # pylint: disable=protected-access
     super().save_global(obj, name)
 
 
-def fsync_dir(folder: str) -> None:
-  """Flushes a folder's entries (a rename in it) to disk where the system allows."""
-  try:
-    fd = os.open(folder, os.O_RDONLY)
-  except OSError:  # Some systems cannot open folders; the rename is still atomic.
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
-def _current_umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
-def atomic_write(path: str, write_fn) -> None:
-  """Writes a file so that readers see either the old one or the complete new one.
-
-  `write_fn(f)` writes to a temporary file in the same folder (named
-  ".<name>.<random>.tmp", never matching *.pkl), which is flushed, fsynced and
-  then renamed over `path` with os.replace. If write_fn raises, the temporary
-  file is removed and `path` is left as it was. A hard crash can leave only a
-  hidden .tmp file behind.
-  """
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                  dir=folder)
-  try:
-    os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes it 0600
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-  fsync_dir(folder)
-
-
 def write_split(path: str, embeddings: np.ndarray, keys: Sequence[str],
                 labels: Sequence[int]) -> None:
   """Writes one split in the published format, atomically.
@@ -605,10 +557,4 @@ def write_split(path: str, embeddings: np.ndarray, keys: Sequence[str],
       "keys": np.array(encoded, dtype=f"S{max(len(k) for k in encoded)}"),  # [n]
       "labels": labels,  # [n]
   }
-  atomic_write(path, lambda f: _Python2StylePickler(f, protocol=2).dump(data))
-
-
-def write_json_atomically(path: str, data: dict) -> None:
-  """Writes `data` as JSON with atomic_write: readers never see a partial file."""
-  text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-  atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+  atomic.atomic_write(path, lambda f: _Python2StylePickler(f, protocol=2).dump(data))

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from leo_tf.core import statistics
+from leo_tf.data import atomic
 from leo_tf.data import embeddings as emb
 from leo_tf.data import episodes
 
@@ -204,11 +206,8 @@ def ncm_accuracy(split: emb.EmbeddingSplit, num_shots: int, num_tasks: int, seed
     similarity = (val.reshape(b, n * v, d) @ prototypes.transpose(0, 2, 1)).reshape(b, n, v, n)
     predicted = np.argmax(similarity, axis=-1)  # [B, N, V]
     accuracies.append(np.mean(predicted == problem.val_output, axis=(1, 2)))  # [B]
-  accuracies = np.concatenate(accuracies, axis=0)  # [num_tasks]
-  half_width = 0.0
-  if accuracies.size > 1:
-    half_width = 1.96 * accuracies.std(axis=0, ddof=1) / np.sqrt(accuracies.size)
-  return float(accuracies.mean(axis=0)), float(half_width)
+  mean, half_width, _ = statistics.confidence_interval(np.concatenate(accuracies, axis=0))
+  return mean, half_width
 
 
 def _settings(config: SyntheticConfig, num_eval_tasks: int) -> dict[str, Any]:
@@ -289,7 +288,7 @@ def generate(config: SyntheticConfig, output_path: str, num_eval_tasks: int = 20
       "ncm_nuisance_removed": ncm_removed,
       "files": files,
   }
-  emb.write_json_atomically(info_path, info)
+  atomic.write_json_atomically(info_path, info)
   return dict(info, skipped=False, seconds=time.perf_counter() - start)
 
 

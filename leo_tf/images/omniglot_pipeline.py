@@ -38,6 +38,7 @@ import time
 from typing import Any, Sequence
 
 from leo_tf.images import backbones
+from leo_tf.data import atomic
 from leo_tf.data import embeddings as emb
 from leo_tf.images import pretrain
 from leo_tf.core.config import ABLATIONS
@@ -274,9 +275,9 @@ def run(config: PipelineConfig) -> dict[str, Any]:
              "config": dataclasses.asdict(config)}
   os.makedirs(config.output_dir, exist_ok=True)
   # Readers (and a repeated command) see complete files or none.
-  emb.write_json_atomically(os.path.join(config.output_dir, "results.json"), summary)
+  atomic.write_json_atomically(os.path.join(config.output_dir, "results.json"), summary)
   markdown = table + "\n\n" + "\n".join(f"- {g}" for g in goals) + "\n"
-  emb.atomic_write(os.path.join(config.output_dir, "results.md"),
+  atomic.atomic_write(os.path.join(config.output_dir, "results.md"),
                    lambda f: f.write(markdown.encode("utf-8")))
   _log(f"done in {time.time() - t0:.0f}s\n{table}\n" + "\n".join(goals))
   return summary

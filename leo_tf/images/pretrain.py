@@ -42,7 +42,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from leo_tf.core import statistics
 from leo_tf.images import backbones
+from leo_tf.data import atomic
 from leo_tf.data import embeddings as emb
 from leo_tf.data import episodes
 from leo_tf.images import omniglot
@@ -240,8 +242,7 @@ def ncm_eval(features: np.ndarray, split: ImageSplit, num_classes: int, num_shot
   sampler = episodes.EpisodeSampler(emb_split, n, num_shots, v, seed=seed, stream="ncm")
   accuracies = np.concatenate([prototypes.ncm_accuracy(chunk) for chunk in
                                episodes.iterate_tasks(sampler, num_tasks, 200)])
-  mean = float(np.mean(accuracies))
-  half = 1.96 * float(np.std(accuracies, ddof=1)) / np.sqrt(accuracies.size) if num_tasks > 1 else 0.0
+  mean, half, _ = statistics.confidence_interval(accuracies)
   return mean, half
 
 
@@ -398,7 +399,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
       "ncm_setting": f"{config.eval_num_classes}-way {config.eval_num_shots}-shot",
       "seconds": time.time() - t0,
   }
-  emb.atomic_write(os.path.join(folder, INFO_FILE),
+  atomic.atomic_write(os.path.join(folder, INFO_FILE),
                    lambda f: f.write((json.dumps(info, indent=2, sort_keys=True) + "\n").encode()))
   log(f"stage 1 done in {info['seconds']:.0f}s: epoch {best_epoch} chosen; stage 2 reads "
       f"--data_path={config.output_path} --dataset_name={config.dataset_name} "

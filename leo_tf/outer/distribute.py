@@ -9,24 +9,24 @@
 The meta-batch of B tasks is split into B / R tasks per replica. Each replica
 draws its own tasks (its own episode stream, seeded per replica) and its own
 random draws, and runs the XLA-compiled inner loops and second-order
-meta-gradient on them (outer.raw_meta_gradients). The gradients and metrics
+meta-gradient on them (outer.step.raw_meta_gradients). The gradients and metrics
 are then all-reduced (mean over replicas, which is the gradient of the mean
 over the meta-batch), and the NaN/Inf fallback, clipping and Adam run once on
-the global gradient, exactly as on one device (outer.finalize_gradients).
+the global gradient, exactly as on one device (outer.step.finalize_gradients).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
-from leo_tf.outer import step as outer
 from leo_tf.core.config import OuterConfig
-from leo_tf.classification.leo import LEO, Noise, ProblemInstance
+from leo_tf.outer import step as outer_step
+from leo_tf.outer.learner import MetaLearner
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -95,44 +95,36 @@ def uses_xla(config: OuterConfig, strategy: tf.distribute.Strategy) -> bool:
   return local_replicas == 1 or bool(tf.config.list_logical_devices("GPU"))
 
 
-def make_distributed_train_step(model: LEO, optimizer: keras.optimizers.Optimizer,
+def make_distributed_train_step(model: MetaLearner, optimizer: keras.optimizers.Optimizer,
                                 config: OuterConfig, strategy: tf.distribute.Strategy
-                                ) -> tuple[Callable, Callable]:
-  """Returns (step(problems, seed), step_with_noise(problems, noises)).
+                                ) -> Callable[[Any, tf.Tensor], outer_step.StepMetrics]:
+  """Returns step(batches, seed) -> the step's metrics (means over replicas).
 
-  `problems` (and `noises`) are per-replica values (e.g. from
-  strategy.experimental_distribute_values_from_function), B / R tasks each.
-  Both return the step's StepMetrics (means over replicas).
+  `batches` is a per-replica value (split_for_replicas), B / R tasks each;
+  replica r draws its random numbers from replica_seed(seed, r, R).
   """
   num_replicas = strategy.num_replicas_in_sync
 
   @tf.function(jit_compile=uses_xla(config, strategy), reduce_retracing=True)
-  def compiled_gradients(problem: ProblemInstance, noise: Noise):
-    return outer.raw_meta_gradients(model, problem, None, noise)
+  def compiled_gradients(batch, noise):
+    return outer_step.raw_meta_gradients(model, batch, noise)
 
-  def apply(per_replica):
-    grads, metrics = per_replica
+  def replica_step(batch, seed: tf.Tensor):
+    replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+    noise = model.draw_noise(batch, replica_seed(seed, replica_id, num_replicas))
+    return compiled_gradients(batch, noise)
+
+  @tf.function(reduce_retracing=True)
+  def step(batches, seed: tf.Tensor):
+    grads, metrics = strategy.run(replica_step, args=(batches, seed))
     mean = tf.distribute.ReduceOp.MEAN
     grads = [strategy.reduce(mean, g, axis=None) for g in grads]  # all-reduce
     metrics = tf.nest.map_structure(lambda m: strategy.reduce(mean, m, axis=None), metrics)
-    grads, metrics = outer.finalize_gradients(model, grads, metrics, config)
+    grads, metrics = outer_step.finalize_gradients(model, grads, metrics, config)
     optimizer.apply_gradients(zip(grads, model.meta_variables))
     return metrics
 
-  def replica_step(problem: ProblemInstance, seed: tf.Tensor):
-    replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
-    noise = model.draw_noise(problem, replica_seed(seed, replica_id, num_replicas))
-    return compiled_gradients(problem, noise)
-
-  @tf.function(reduce_retracing=True)
-  def step(problems, seed: tf.Tensor):
-    return apply(strategy.run(replica_step, args=(problems, seed)))
-
-  @tf.function(reduce_retracing=True)
-  def step_with_noise(problems, noises):
-    return apply(strategy.run(compiled_gradients, args=(problems, noises)))
-
-  return step, step_with_noise
+  return step
 
 
 def split_for_replicas(strategy: tf.distribute.Strategy, make_value: Callable[[int], object]):

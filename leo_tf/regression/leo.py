@@ -46,7 +46,7 @@ needed for meta-training to run at all; see the regression issue's notes):
     diverges at larger ones (NaN within 50 steps). The hidden layers of g_e,
     g_r and g_d keep no biases.
   - the encoder reads (x, y) / input_scale, and both Gaussians' stddevs are
-    softly bounded (bounded_gaussian): sigma^e below the prior's 1 and sigma^d
+    softly bounded (distributions.soft_bound): sigma^e below the prior's 1 and sigma^d
     below max_params_stddev, so that exp(u) cannot overflow.
   - the decoder reads the codes through a soft clip c tanh(z / c), so that an
     inner step that overshoots cannot feed ever larger codes to the next one.
@@ -67,7 +67,10 @@ from leo_tf.core import encoder as encoder_lib
 from leo_tf.core import inner_loops
 from leo_tf.core import objective
 from leo_tf.core import seeds
-from leo_tf.core.config import DTYPES, KL_ESTIMATORS
+from leo_tf.core.config import (check_at_least, check_choice, check_fraction,
+                                check_inner_model, check_positive)
+from leo_tf.outer import learner
+from leo_tf.regression import mlp
 from leo_tf.regression.tasks import RegressionTasks
 
 
@@ -88,7 +91,7 @@ class RegressionConfig:
   num_samples: int = 1  # S, codes (and functions) sampled per task in meta-training
   query_loss: str = "samples"  # "samples": mean MSE of the S functions; "mean": MSE of their mean
   params_stddev_offset: float = 0.1  # sigma^d = exp(u) - (1 - offset): u = 0 gives this stddev
-  max_params_stddev: float = 1.0  # soft upper bound on sigma^d (see bounded_gaussian)
+  max_params_stddev: float = 1.0  # soft upper bound on sigma^d (distributions.soft_bound)
   max_latent_stddev: float = 1.0  # soft upper bound on sigma^e, the prior's scale
   input_scale: float = 5.0  # the encoder sees (x, y) / input_scale
   latent_clip: float = 5.0  # the decoder reads c tanh(z / c): codes softly within +-c
@@ -101,130 +104,16 @@ class RegressionConfig:
   dtype: str = "float32"  # "float64" for gradient checks
 
   def __post_init__(self):
-    if not self.hidden_units or min(self.hidden_units) < 1:
-      raise ValueError(f"hidden_units must be a non-empty tuple of positive widths, got "
-                       f"{self.hidden_units!r}.")
-    for name in ("num_latents", "network_units", "num_samples"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-    for name in ("inner_unroll_length", "finetuning_unroll_length"):
-      if getattr(self, name) < 0:
-        raise ValueError(
-            f"{name} must be >= 0 (0 switches that loop off), got {getattr(self, name)}.")
-    for name in ("max_params_stddev", "max_latent_stddev", "input_scale", "latent_clip"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
-    if not 0.0 <= self.params_stddev_offset < 1.0:
-      raise ValueError(f"params_stddev_offset must be in [0, 1), got {self.params_stddev_offset}.")
-    for name in ("kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
-                 "orthogonality_penalty_weight"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-    if self.query_loss not in QUERY_LOSSES:
-      raise ValueError(f"query_loss must be one of {QUERY_LOSSES}, got {self.query_loss!r}.")
-    if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(
-          f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}.")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
-
-
-# ----------------------------------------------------------------------------
-# The base learner f_theta, as a function of a flat parameter vector.
-
-
-def param_shapes(hidden_units: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
-  """(name, shape) of f_theta's tensors in the flat vector's order: w0, b0, w1, b1, ...
-
-  For hidden_units (40, 40): w0 [1, 40], b0 [40], w1 [40, 40], b1 [40],
-  w2 [40, 1], b2 [1].
-  """
-  widths = [1, *hidden_units, 1]
-  shapes = []
-  for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-    shapes += [(f"w{i}", (fan_in, fan_out)), (f"b{i}", (fan_out,))]
-  return shapes
-
-
-def num_params(hidden_units: Sequence[int]) -> int:
-  """dim theta: 1761 for 1 -> 40 -> 40 -> 1 (80 + 1640 + 41)."""
-  return sum(int(np.prod(shape)) for _, shape in param_shapes(hidden_units))
-
-
-def glorot_params(hidden_units: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-  """A flat theta [P] as a freshly built MLP: Glorot-uniform kernels, zero biases."""
-  parts = []
-  for name, shape in param_shapes(hidden_units):
-    if name.startswith("w"):
-      limit = np.sqrt(6.0 / (shape[0] + shape[1]))
-      parts.append(rng.uniform(-limit, limit, size=shape).ravel())
-    else:
-      parts.append(np.zeros(shape))
-  return np.concatenate(parts)
-
-
-def mlp_predict(params: tf.Tensor, inputs: tf.Tensor, hidden_units: Sequence[int]) -> tf.Tensor:
-  """f_theta(x) for a batch of parameter vectors.
-
-  Args:
-    params: theta, [..., P] with P = num_params(hidden_units).
-    inputs: x, [..., M, 1], the same leading dimensions as params (or
-      broadcastable to them).
-    hidden_units: f_theta's hidden widths.
-
-  Returns:
-    f_theta(x), [..., M, 1].
-  """
-  shapes = param_shapes(hidden_units)
-  sizes = [int(np.prod(shape)) for _, shape in shapes]
-  if params.shape[-1] is not None and params.shape[-1] != sum(sizes):
-    raise ValueError(f"params has {params.shape[-1]} entries on its last axis but an MLP with "
-                     f"hidden_units {tuple(hidden_units)} has {sum(sizes)}.")
-  parts = tf.split(params, sizes, axis=-1)  # [..., P] -> [..., size_i] each
-  lead = tf.shape(params)[:-1]
-  hidden = inputs
-  num_layers = len(shapes) // 2
-  for layer in range(num_layers):
-    _, w_shape = shapes[2 * layer]
-    kernel = tf.reshape(parts[2 * layer], tf.concat([lead, w_shape], 0))  # [..., in, out]
-    bias = parts[2 * layer + 1][..., None, :]  # [..., out] -> [..., 1, out]
-    hidden = tf.matmul(hidden, kernel) + bias  # [..., M, in] @ [..., in, out] -> [..., M, out]
-    if layer < num_layers - 1:
-      hidden = tf.nn.relu(hidden)
-  return hidden  # [..., M, 1]
-
-
-def squared_errors(params: tf.Tensor, inputs: tf.Tensor, outputs: tf.Tensor,
-                   hidden_units: Sequence[int]) -> tf.Tensor:
-  """(f_theta(x) - y)^2 per point: theta [..., P], x, y [..., M, 1] -> [..., M]."""
-  predictions = mlp_predict(params, inputs, hidden_units)  # [..., M, 1]
-  return tf.squeeze(tf.math.squared_difference(predictions, outputs), axis=-1)  # [..., M]
+    mlp.check_hidden_units(self.hidden_units)
+    check_at_least(self, 1, "num_latents", "network_units", "num_samples")
+    check_positive(self, "max_params_stddev", "max_latent_stddev", "input_scale", "latent_clip")
+    check_fraction(self, "params_stddev_offset")
+    check_choice(self, "query_loss", QUERY_LOSSES)
+    check_inner_model(self)
 
 
 # ----------------------------------------------------------------------------
 # The generator's layers.
-
-
-def bounded_gaussian(params: tf.Tensor, stddev_offset: float, max_stddev: float
-                     ) -> distributions.tfd.Normal:
-  """distributions.gaussian_from_params with the stddev softly bounded by max_stddev.
-
-  Positive unnormalised stddevs u are squashed (distributions.soft_bound), so
-  sigma = exp(u) - (1 - offset) stays below max_stddev. The regression always
-  needs it: the generator has no biases inside, so u grows linearly with the
-  size of (x, y) and of the code, and exp(u) overflows within a few inner
-  steps. (Classification can need it too: ModelConfig.max_weights_stddev.)
-
-  Args:
-    params: [..., 2d], means then unnormalised stddevs.
-    stddev_offset: as in gaussian_from_params, in [0, 1).
-    max_stddev: the bound on sigma, > stddev_offset.
-
-  Returns:
-    A tfd.Normal [..., d].
-  """
-  return distributions.gaussian_from_params(params, stddev_offset=stddev_offset,
-                                            max_stddev=max_stddev)
 
 
 class BiasFreeMLP(keras.layers.Layer):
@@ -309,7 +198,14 @@ def validate_tasks(tasks: RegressionTasks) -> None:
 
 
 class LEORegression(tf.Module):
-  """The generator g_e, g_r, g_d of f_theta's parameters and the learned inner rates."""
+  """The generator g_e, g_r, g_d of f_theta's parameters and the learned inner rates.
+
+  A MetaLearner (outer.learner), scored by the MSE of its mean prediction.
+  `training` says whether the KL and encoder penalty are computed (meta-training);
+  codes and parameters are sampled in evaluation too unless use_means.
+  """
+
+  score = learner.MSE
 
   def __init__(self, config: RegressionConfig, *, seed: int = 0, first_order: bool = False,
                name: str = "leo_regression"):
@@ -325,7 +221,7 @@ class LEORegression(tf.Module):
     self.config = config
     self.first_order = first_order
     c = config
-    self.num_params = num_params(c.hidden_units)
+    self.num_params = mlp.num_params(c.hidden_units)
     units, n_z = c.network_units, c.num_latents
     self.encoder = BiasFreeMLP((units, units, units), seed=seed, dtype=c.dtype, name="encoder")
     # g_r's layers are 2 n_z wide, which is `units` in the paper's setting (n_z = 16).
@@ -338,7 +234,7 @@ class LEORegression(tf.Module):
     self.decoder.build((None, n_z))
     # theta_0 and u_0: the decoder's output for z = 0, a freshly initialised MLP
     # (Glorot kernels, zero biases) with stddev offset (u = 0); see the module docstring.
-    theta_0 = glorot_params(c.hidden_units, np.random.default_rng(seed + 30))
+    theta_0 = mlp.glorot_params(c.hidden_units, np.random.default_rng(seed + 30))
     self.decoder_bias = tf.Variable(
         np.concatenate([theta_0, np.zeros(self.num_params)]).astype(c.dtype), name="decoder_bias")
     self.inner_lr = tf.Variable(tf.fill([n_z], tf.constant(c.inner_lr_init, c.dtype)),
@@ -360,6 +256,15 @@ class LEORegression(tf.Module):
   def meta_variables(self) -> list:
     """Everything the outer loop trains, in a fixed order."""
     return [*self.regularized_kernels, self.decoder_bias, self.inner_lr, self.finetuning_lr]
+
+  @property
+  def learned_rates(self) -> dict[str, tf.Variable]:
+    """alpha, logged by the outer loop (eta trains only with fine-tuning steps)."""
+    return {"inner_lr": self.inner_lr}
+
+  def step_scalars(self, outputs: "RegressionOutputs") -> dict[str, tf.Tensor]:
+    """The meta-batch's mean support MSE after adaptation."""
+    return {"tr_loss": tf.reduce_mean(outputs.tr_loss)}
 
   def draw_noise(self, tasks: RegressionTasks, seed: tf.Tensor, num_samples: int | None = None
                  ) -> RegressionNoise:
@@ -383,7 +288,8 @@ class LEORegression(tf.Module):
     # One "class" of K examples: [B, K, 32] -> [B, 1, K, 32], as g_r expects [B, N, K, .].
     relations = self.relation_network(codes[:, None])  # [B, 1, K, 2 n_z]
     params = encoder_lib.average_codes_per_class(relations)[:, 0, 0]  # [B, 1, K, 2n_z] -> [B, 2n_z]
-    return bounded_gaussian(params, 0.0, self.config.max_latent_stddev)  # [B, n_z]
+    return distributions.gaussian_from_params(  # [B, n_z]
+        params, stddev_offset=0.0, max_stddev=self.config.max_latent_stddev)
 
   def params_distribution(self, latents: tf.Tensor) -> distributions.tfd.Normal:
     """p(theta | z): codes [..., n_z] -> a diagonal Gaussian [..., P].
@@ -397,7 +303,8 @@ class LEORegression(tf.Module):
     c = self.config
     clipped = c.latent_clip * tf.tanh(latents / c.latent_clip)  # [..., n_z]
     params = self.decoder(clipped) + self.decoder_bias  # [..., n_z] -> [..., 2P]
-    return bounded_gaussian(params, c.params_stddev_offset, c.max_params_stddev)
+    return distributions.gaussian_from_params(
+        params, stddev_offset=c.params_stddev_offset, max_stddev=c.max_params_stddev)
 
   def __call__(self, tasks: RegressionTasks, *, training: bool, seed: tf.Tensor | None = None,
                num_samples: int | None = None, use_means: bool = False,
@@ -420,8 +327,7 @@ class LEORegression(tf.Module):
     Returns:
       RegressionOutputs.
     """
-    if training is None or not isinstance(training, bool):
-      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
+    learner.check_training_flag(training)
     validate_tasks(tasks)
     c = self.config
     sample = not (use_means or c.deterministic)
@@ -447,7 +353,7 @@ class LEORegression(tf.Module):
       shape = tf.shape(noise.latent_eps)  # [B, S, n_z]
       q_tiled = distributions.tfd.Normal(  # [B, n_z] -> [B, S, n_z]
           tf.broadcast_to(q.loc[:, None], shape), tf.broadcast_to(q.scale[:, None], shape))
-      latents = distributions.possibly_sample(q_tiled, training=True, deterministic=False,
+      latents = distributions.possibly_sample(q_tiled, sample=True,
                                               noise=noise.latent_eps)  # mu + sigma eps
       kl = (distributions.kl_to_standard_normal(q_tiled, latents, noise.latent_eps,
                                                 c.kl_estimator, reduce_axes=[1, 2])
@@ -458,13 +364,13 @@ class LEORegression(tf.Module):
 
     def decode_fn(z, i):
       theta = self.params_distribution(z)  # [B, S, P]
-      return distributions.possibly_sample(theta, training=sample, deterministic=False,
+      return distributions.possibly_sample(theta, sample=sample,
                                            noise=noise.params_eps[i] if sample else None)
 
     def loss_fn(theta, i):
       del i  # the support loss has no randomness of its own
       # [B, S, P] with support [B, 1, K, 1] -> [B, S, K]; / K: the gradient of the MSE.
-      return squared_errors(theta, tr_input[:, None], tr_output[:, None], hidden_units) / num_tr
+      return mlp.squared_errors(theta, tr_input[:, None], tr_output[:, None], hidden_units) / num_tr
 
     adapted_latents, theta, tr_loss = inner_loops.leo_inner_loop(
         latents, self.inner_lr, decode_fn, loss_fn, num_steps=t, first_order=self.first_order)
@@ -472,7 +378,7 @@ class LEORegression(tf.Module):
       theta = inner_loops.finetuning_inner_loop(theta, self.finetuning_lr, loss_fn, num_steps=f,
                                                 first_order=self.first_order)
       tr_loss = loss_fn(theta, 0)
-    val_predictions = mlp_predict(theta, val_input[:, None], hidden_units)  # [B, S, M, 1]
+    val_predictions = mlp.mlp_predict(theta, val_input[:, None], hidden_units)  # [B, S, M, 1]
     if getattr(tasks, "val_output", None) is not None:
       val_output = tf.convert_to_tensor(tasks.val_output, self.dtype)  # [B, M, 1]
       if c.query_loss == "mean":

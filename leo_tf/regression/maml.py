@@ -9,7 +9,7 @@ by plain gradient descent on the support MSE,
 with a fixed scalar alpha, and meta-trained through those steps with the full
 second-order meta-gradient. The inner loop is the core's
 `inner_loops.finetuning_inner_loop` (pure, nested tapes); the base learner and
-its losses are regression.py's, so the two methods differ only in where they
+its losses are regression.mlp's, so the two methods differ only in where they
 adapt. MAML is deterministic: its prediction is one function (S = 1).
 """
 
@@ -22,8 +22,10 @@ import tensorflow as tf
 
 from leo_tf.core import inner_loops
 from leo_tf.core import objective
-from leo_tf.regression import leo as regression
-from leo_tf.core.config import DTYPES
+from leo_tf.outer import learner
+from leo_tf.regression import leo
+from leo_tf.regression import mlp
+from leo_tf.core.config import DTYPES, check_at_least, check_choice
 from leo_tf.regression.tasks import RegressionTasks
 
 
@@ -38,29 +40,25 @@ class MAMLConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    if not self.hidden_units or min(self.hidden_units) < 1:
-      raise ValueError(f"hidden_units must be a non-empty tuple of positive widths, got "
-                       f"{self.hidden_units!r}.")
+    mlp.check_hidden_units(self.hidden_units)
     if self.inner_lr < 0:
       raise ValueError(f"inner_lr (alpha) must be >= 0, got {self.inner_lr}.")
-    if self.num_inner_steps < 0:
-      raise ValueError(f"num_inner_steps must be >= 0, got {self.num_inner_steps}.")
-    if self.l2_penalty_weight < 0:
-      raise ValueError(f"l2_penalty_weight must be >= 0, got {self.l2_penalty_weight}.")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+    check_at_least(self, 0, "num_inner_steps", "l2_penalty_weight")
+    check_choice(self, "dtype", DTYPES)
 
 
 class MAML(tf.Module):
-  """MAML's initialisation theta_0 [P] and its second-order inner loop."""
+  """MAML's initialisation theta_0 [P] and its second-order inner loop (a MetaLearner)."""
+
+  score = learner.MSE
 
   def __init__(self, config: MAMLConfig, *, seed: int = 0, first_order: bool = False,
                name: str = "maml"):
     super().__init__(name=name)
     self.config = config
     self.first_order = first_order
-    self.num_params = regression.num_params(config.hidden_units)
-    init = regression.glorot_params(config.hidden_units, np.random.default_rng(seed))
+    self.num_params = mlp.num_params(config.hidden_units)
+    init = mlp.glorot_params(config.hidden_units, np.random.default_rng(seed))
     self.init_params = tf.Variable(init.astype(config.dtype), name="init_params")  # theta_0 [P]
 
   @property
@@ -76,9 +74,23 @@ class MAML(tf.Module):
   def meta_variables(self) -> list:
     return [self.init_params]
 
+  @property
+  def learned_rates(self) -> dict[str, tf.Variable]:
+    return {}  # alpha is fixed
+
+  def draw_noise(self, tasks: RegressionTasks, seed: tf.Tensor, num_samples: int | None = None
+                 ) -> tuple[()]:
+    """MAML draws nothing: the empty nest."""
+    del tasks, seed, num_samples
+    return ()
+
+  def step_scalars(self, outputs: leo.RegressionOutputs) -> dict[str, tf.Tensor]:
+    """The meta-batch's mean support MSE after adaptation."""
+    return {"tr_loss": tf.reduce_mean(outputs.tr_loss)}
+
   def __call__(self, tasks: RegressionTasks, *, training: bool, seed: tf.Tensor | None = None,
                num_samples: int | None = None, use_means: bool = False, noise: None = None
-               ) -> regression.RegressionOutputs:
+               ) -> leo.RegressionOutputs:
     """Adapts theta_0 to each task and predicts its queries.
 
     The signature is LEORegression's; MAML draws nothing, so seed, num_samples,
@@ -89,9 +101,8 @@ class MAML(tf.Module):
       zeros of shape [B] and [B, 1, 0]).
     """
     del seed, num_samples, use_means, noise  # deterministic
-    if training is None or not isinstance(training, bool):
-      raise ValueError(f"Pass training=True or training=False explicitly, got {training!r}.")
-    regression.validate_tasks(tasks)
+    learner.check_training_flag(training)
+    leo.validate_tasks(tasks)
     c = self.config
     tr_input = tf.convert_to_tensor(tasks.tr_input, self.dtype)  # [B, K, 1]
     tr_output = tf.convert_to_tensor(tasks.tr_output, self.dtype)  # [B, K, 1]
@@ -103,14 +114,14 @@ class MAML(tf.Module):
     def loss_fn(params, i):
       del i
       # [B, 1, P] on support [B, 1, K, 1] -> [B, 1, K]; / K: the gradient of the MSE.
-      return regression.squared_errors(params, tr_input[:, None], tr_output[:, None],
+      return mlp.squared_errors(params, tr_input[:, None], tr_output[:, None],
                                        c.hidden_units) / num_tr
 
     theta = inner_loops.finetuning_inner_loop(
         theta, tf.constant(c.inner_lr, self.dtype), loss_fn, num_steps=c.num_inner_steps,
         first_order=self.first_order)
     tr_loss = tf.reduce_mean(loss_fn(theta, 0), axis=[1, 2]) * num_tr  # [B]
-    val_predictions = regression.mlp_predict(theta, val_input[:, None], c.hidden_units)
+    val_predictions = mlp.mlp_predict(theta, val_input[:, None], c.hidden_units)
     zero = tf.zeros([batch_size], self.dtype)
     if getattr(tasks, "val_output", None) is not None:
       val_output = tf.convert_to_tensor(tasks.val_output, self.dtype)  # [B, M, 1]
@@ -119,11 +130,11 @@ class MAML(tf.Module):
     else:
       val_loss = zero
     no_latents = tf.zeros([batch_size, 1, 0], self.dtype)  # [B, 1, 0]
-    return regression.RegressionOutputs(
+    return leo.RegressionOutputs(
         val_loss=val_loss, tr_loss=tr_loss, kl=zero, encoder_penalty=zero, latents=no_latents,
         adapted_latents=no_latents, params=theta, val_predictions=val_predictions)
 
-  def meta_loss(self, outputs: regression.RegressionOutputs) -> objective.MetaLoss:
+  def meta_loss(self, outputs: leo.RegressionOutputs) -> objective.MetaLoss:
     """The mean query MSE (+ optional weight decay on theta_0), as an objective.MetaLoss."""
     zero = tf.zeros([], self.dtype)
     return objective.meta_loss(

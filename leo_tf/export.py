@@ -1,0 +1,66 @@
+r"""Export a trained run for TF Serving: `python -m leo_tf.export`.
+
+    python -m leo_tf.export --checkpoint_path=runs/leo --export_dir=/models/leo
+
+takes the best checkpoint of the run in `checkpoint_path` (or the one named by
+--checkpoint) and the run's config.json, and writes the next version of the
+model under the model base path that TF Serving watches (leo_tf.serving.export;
+signatures in leo_tf.serving.classification and leo_tf.serving.regression).
+A version is published atomically; exporting a checkpoint that a version
+already holds is refused unless --allow_duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tensorflow.core.protobuf import saved_model_pb2
+
+from leo_tf.serving import export
+from leo_tf.serving import publish
+
+
+def main(argv):
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
+  f = flags.FLAGS
+  try:
+    version_dir = export.export_checkpoint(f.checkpoint_path, f.export_dir, f.checkpoint or None,
+                                           allow_duplicate=f.allow_duplicate)
+  except (ValueError, OSError) as e:
+    raise SystemExit(f"leo_tf.export: error: {e}") from None
+  record = publish.read_export_config(version_dir)
+  # The signatures as written (a regression export has serving_default only), read from
+  # saved_model.pb without loading the model.
+  saved_model = saved_model_pb2.SavedModel()
+  with open(os.path.join(version_dir, "saved_model.pb"), "rb") as proto_file:
+    saved_model.ParseFromString(proto_file.read())
+  signatures = ", ".join(sorted(k for k in saved_model.meta_graphs[0].signature_def
+                                if not k.startswith("__")))  # not __saved_model_init_op
+  print(f"Exported {record['source']['checkpoint']} (step {record['source']['step']}) to "
+        f"{version_dir}\nsignatures: {signatures}; serve with "
+        f"TF Serving's --model_base_path={os.path.abspath(f.export_dir)} (see export/README.md).")
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("checkpoint_path", None,
+                      "The training run's folder (holds config.json and best/).")
+  flags.DEFINE_string("export_dir", None,
+                      "The model base path: the version is written to <export_dir>/<N>.")
+  flags.DEFINE_string("checkpoint", "",
+                      "A checkpoint prefix to export instead of the run's best one.")
+  flags.DEFINE_bool("allow_duplicate", False,
+                    "Write a new version even if one in export_dir holds this checkpoint.")
+  flags.mark_flags_as_required(["checkpoint_path", "export_dir"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,218 @@
+"""A run's state and its checkpoints: latest, best, and the resume check.
+
+Layout of a run folder (one per trained learner; a regression run has one per
+model, <checkpoint_path>/leo and <checkpoint_path>/maml):
+
+  ckpt/                   tf.train.CheckpointManager: the latest checkpoints
+  best/best.json          pointer to the best checkpoint (replaced atomically)
+  best/ckpt-<step>.*      the best checkpoint's files
+  train/, valid/          TensorBoard summaries (outer.fit)
+
+and at the top of checkpoint_path, config.json: the run's configuration,
+written once and checked on every restart (check_resume_config).
+
+Everything a run needs to continue is in a checkpoint: the learner, Adam's
+slots, the step, the best score so far and the early-stopping counter. The
+random state is the step itself (episodes and draws are counter-based), so an
+interrupted run (kill -9 included) restarted with the same flags ends with the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from leo_tf.core.config import OuterConfig
+from leo_tf.data import atomic
+from leo_tf.outer import distribute
+from leo_tf.outer import step as outer_step
+from leo_tf.outer.learner import MetaLearner
+
+BEST_POINTER = "best.json"
+CONFIG_FILE = "config.json"
+
+
+class RunState:
+  """The learner, optimiser and counters of one training run, and their checkpoints."""
+
+  def __init__(self, path: str, build_learner: Callable[[], MetaLearner], outer: OuterConfig,
+               strategy: tf.distribute.Strategy | None = None, max_to_keep: int = 3):
+    """Builds the learner and optimiser (under `strategy`'s scope when given).
+
+    Only the chief writes into `path`; other workers of a multi-worker run take
+    part in every save (as tf.distribute requires) but write into a scratch
+    folder of their own, removed as they go (remove_scratch).
+
+    Args:
+      path: the run folder (ckpt/, best/, train/, valid/ go under it).
+      build_learner: makes the fresh learner (called once, under the scope).
+      outer: the outer loop's settings (Adam's learning rate).
+      strategy: tf.distribute strategy (default: the default strategy).
+      max_to_keep: latest checkpoints kept in ckpt/.
+    """
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.chief = distribute.is_chief(self.strategy)
+    self.root = path
+    self.path = path
+    if not self.chief:
+      resolver = self.strategy.cluster_resolver
+      self.path = os.path.join(path, f".scratch-{resolver.task_type}-{resolver.task_id}")
+    with self.strategy.scope():
+      self.model = build_learner()
+      self.optimizer = outer_step.make_optimizer(self.model, outer)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+      self.best = tf.Variable(self.model.score.worst, dtype=tf.float64, trainable=False,
+                              name="best")
+      self.evals_without_improvement = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                                   name="evals_without_improvement")
+    # "best_accuracy" or "best_mse": the names the checkpoints have always had.
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, optimizer=self.optimizer, step=self.step,
+        evals_without_improvement=self.evals_without_improvement,
+        **{f"best_{self.model.score.name}": self.best})
+    self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.path, "ckpt"),
+                                              max_to_keep=max_to_keep)
+
+  @property
+  def has_best(self) -> bool:
+    return os.path.isfile(os.path.join(self.path, "best", BEST_POINTER))
+
+  def restore_latest(self) -> bool:
+    """Restores the latest checkpoint of the run (the chief's), if any."""
+    latest = tf.train.latest_checkpoint(os.path.join(self.root, "ckpt"))
+    if latest is None:
+      return False
+    self.checkpoint.restore(latest).assert_existing_objects_matched()
+    return True
+
+  def remove_scratch(self) -> None:
+    """Deletes a non-chief worker's scratch folder."""
+    if not self.chief and os.path.isdir(self.path):
+      shutil.rmtree(self.path, ignore_errors=True)
+
+  def save_latest(self) -> str:
+    return self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+  def save_best(self, score: float) -> str:
+    """Writes the best checkpoint, then points best/best.json at it atomically.
+
+    The checkpoint's files get a new prefix; only when they are complete is the
+    pointer replaced (os.replace), so a crash leaves the previous best intact
+    and pointed to. Older best checkpoints are removed afterwards.
+    """
+    best_dir = os.path.join(self.path, "best")
+    os.makedirs(best_dir, exist_ok=True)
+    step = int(self.step.numpy())
+    prefix = self.checkpoint.write(os.path.join(best_dir, f"ckpt-{step}"))
+    atomic.write_json_atomically(os.path.join(best_dir, BEST_POINTER), {
+        "checkpoint": os.path.basename(prefix), "step": step,
+        f"metavalid_{self.model.score.name}": score})
+    keep = os.path.basename(prefix)
+    for name in os.listdir(best_dir):
+      if name.startswith("ckpt-") and not name.startswith(keep + "."):
+        os.remove(os.path.join(best_dir, name))
+    return prefix
+
+
+def best_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
+  """The best checkpoint's prefix and its record in run folder `path`; a clear error if none."""
+  pointer = os.path.join(path, "best", BEST_POINTER)
+  if not os.path.isfile(pointer):
+    raise FileNotFoundError(
+        f"No best checkpoint in {path!r} ({pointer} is missing). Train first "
+        "(python -m leo_tf.train with the same flags, evaluation_mode=False), or point "
+        "--checkpoint_path at a finished training run.")
+  with open(pointer) as f:
+    record = json.load(f)
+  return os.path.join(path, "best", record["checkpoint"]), record
+
+
+def checkpoint_step(prefix: str) -> int | None:
+  """The training step stored in a RunState checkpoint, if it has one."""
+  try:
+    return int(tf.train.load_variable(prefix, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+  except (tf.errors.NotFoundError, ValueError):
+    return None
+
+
+def read_model(model: MetaLearner, prefix: str, described_by: str) -> None:
+  """Reads the learner's variables from a checkpoint (the rest of the run's state is ignored).
+
+  Raises:
+    ValueError: the checkpoint lacks one of the learner's variables or holds it
+      in another shape, naming the variables and the run (`described_by`).
+  """
+  try:
+    tf.train.Checkpoint(model=model).read(prefix).expect_partial(
+        ).assert_existing_objects_matched()
+  except (AssertionError, ValueError) as e:  # a variable missing, or of another shape
+    missing = re.findall(r"path=([^,\s]+)", str(e))  # the message prints their values too
+    detail = f"not in the checkpoint: {', '.join(missing)}" if missing else str(e)[:500]
+    raise ValueError(
+        f"Checkpoint {prefix} does not hold the model that {described_by} describes; use it "
+        f"with its own run folder ({detail}).") from None
+
+
+def restore_best(model: MetaLearner, path: str, described_by: str
+                 ) -> tuple[str | None, dict[str, Any]]:
+  """Reads run `path`'s best checkpoint into `model`; returns its prefix and record.
+
+  A learner without variables (the nearest class mean) has nothing to restore:
+  (None, a record of Nones).
+  """
+  if not model.meta_variables:
+    return None, {"step": None, f"metavalid_{model.score.name}": None}
+  prefix, record = best_checkpoint(path)
+  read_model(model, prefix, described_by)
+  return prefix, record
+
+
+def check_resume_config(checkpoint_path: str, config) -> None:
+  """Writes config.json on the first start; on a restart, refuses changed settings.
+
+  `config` is a run configuration with to_dict() (holding "problem") and
+  RESUME_FIELDS: {group: [field names]} ("" for top-level fields), the
+  settings that, changed between a run and its resumption, make the
+  checkpoint meaningless or the resumed run differ from an uninterrupted one.
+  A setting that a run's config.json predates is read as its default.
+
+  Raises:
+    ValueError: the folder holds a run of another problem or other settings.
+  """
+  path = os.path.join(checkpoint_path, CONFIG_FILE)
+  current = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, as saved
+  if not os.path.isfile(path):
+    atomic.write_json_atomically(path, current)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  saved_problem = saved.get("problem", "classification")
+  if saved_problem != current["problem"]:
+    raise ValueError(f"{checkpoint_path!r} holds a {saved_problem} run; use a new "
+                     f"--checkpoint_path for the {current['problem']}.")
+  defaults = json.loads(json.dumps(type(config)().to_dict()))
+
+  def value(d, group, name):
+    return (d.get(group, {}) if group else d).get(name, MISSING)
+
+  changed = []
+  for group, names in config.RESUME_FIELDS.items():
+    for name in names:
+      old, new = value(saved, group, name), value(current, group, name)
+      if old is MISSING:
+        old = value(defaults, group, name)
+      if old != new:
+        changed.append(f"{group + '.' if group else ''}{name}: {old!r} -> {new!r}")
+  if changed:
+    raise ValueError(
+        f"{checkpoint_path!r} holds a run with other settings ({'; '.join(changed)}). "
+        "Resume with the same flags, or use a new --checkpoint_path.")
+
+
+MISSING = object()
