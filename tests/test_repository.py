@@ -1,11 +1,9 @@
-"""The README's commands and CI agree, and the flagfiles parse."""
+"""The README's commands and CI agree."""
 
 import os
 import re
 
-import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
 
 
 def _readme_commands():
@@ -22,14 +20,3 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_second():
   with open(os.path.join(REPO, ".ci", "run")) as f:
     ci = [line.strip() for line in f if line.strip() and not line.startswith("#")]
   assert commands[1] in ci
-
-
-@pytest.mark.parametrize("name", ["demo", "mini", "mini_5shot", "tiered", "tiered_5shot"])
-def test_flagfiles_name_only_known_flags(name):
-  from absl import flags
-  from leo_tf import train  # pylint: disable=unused-import  (defines the flags)
-  with open(os.path.join(REPO, f"{name}.flags")) as f:
-    lines = [l.strip() for l in f if l.strip() and not l.startswith("#")]
-  for line in lines:
-    flag = line[2:].split("=", 1)[0]
-    assert flag in flags.FLAGS, f"{name}.flags: unknown flag {flag}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -25,15 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from leo_tf.bench import resources
 from leo_tf.data import embeddings as emb
 from leo_tf.data import episodes
 from leo_tf.data import synthetic
 from leo_tf.core.config import DataConfig
-
-
-def _peak_rss_mb() -> float:
-  kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-  return kilobytes / 1024.0
 
 
 def bench_sample_loop(sampler: episodes.EpisodeSampler, batch_size: int,
@@ -45,7 +40,7 @@ def bench_sample_loop(sampler: episodes.EpisodeSampler, batch_size: int,
   seconds = time.perf_counter() - start
   return {"case": "sample_loop", "episodes_per_s": num_batches * batch_size / seconds,
           "batches_per_s": num_batches / seconds, "batch_size": batch_size,
-          "num_batches": num_batches, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+          "num_batches": num_batches, "seconds": seconds, "peak_rss_mb": resources.peak_rss_mb()}
 
 
 def bench_make_dataset(sampler: episodes.EpisodeSampler, batch_size: int, num_batches: int,
@@ -62,14 +57,14 @@ def bench_make_dataset(sampler: episodes.EpisodeSampler, batch_size: int, num_ba
   seconds = time.perf_counter() - start
   return {"case": "make_dataset", "episodes_per_s": count * batch_size / seconds,
           "batches_per_s": count / seconds, "batch_size": batch_size, "num_batches": count,
-          "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+          "seconds": seconds, "peak_rss_mb": resources.peak_rss_mb()}
 
 
 def bench_eval_chunks(split: emb.EmbeddingSplit, num_tasks: int, chunk_size: int,
                       seed: int = 0) -> dict[str, Any]:
   v = episodes.num_eval_val_examples(split, 1)
   sampler = episodes.EpisodeSampler(split, 5, 1, v, seed, "test")
-  rss_before = _peak_rss_mb()
+  rss_before = resources.peak_rss_mb()
   start = time.perf_counter()
   total = 0
   for problem in episodes.iterate_tasks(sampler, num_tasks, chunk_size):
@@ -79,7 +74,7 @@ def bench_eval_chunks(split: emb.EmbeddingSplit, num_tasks: int, chunk_size: int
   all_at_once_mb = num_tasks * 5 * (1 + v) * split.embedding_dim * 4 / 2**20
   return {"case": "eval_chunks", "episodes_per_s": total / seconds, "num_tasks": total,
           "chunk_size": chunk_size, "num_val_examples_per_class": v, "seconds": seconds,
-          "peak_rss_mb": _peak_rss_mb(), "peak_rss_before_mb": rss_before,
+          "peak_rss_mb": resources.peak_rss_mb(), "peak_rss_before_mb": rss_before,
           "chunk_inputs_mb": chunk_mb, "all_tasks_at_once_mb": all_at_once_mb}
 
 

@@ -30,7 +30,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from leo_tf import train as train_entry  # defines the training flags
+from leo_tf import command_line  # defines the training flags
 
 flags.DEFINE_string("bench_dir", None,
                     "Fresh folder for the benchmark run (default runs/bench_sines/<UTC time>); "
@@ -43,7 +43,7 @@ TRAIN_SECONDS_GOAL = 20 * 60
 
 
 def summarise(results: dict[str, Any], wall_seconds: float) -> list[dict[str, Any]]:
-  """One row per model and one of goals, from regression_trainer.train's results."""
+  """One row per model and one of goals, from regression.experiment.train's results."""
   rows = []
   for name in ("leo", "maml"):
     if name not in results:
@@ -99,8 +99,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if FLAGS.problem != "regression":
     raise app.UsageError("bench_regression benchmarks --problem=regression (use sines.flags).")
-  from leo_tf.regression import experiment as regression_trainer  # pylint: disable=g-import-not-at-top
-  config = train_entry.regression_config_from_flags()
+  from leo_tf.regression import experiment  # pylint: disable=g-import-not-at-top
+  config = command_line.regression_config_from_flags()
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
   path = FLAGS.bench_dir or os.path.join("runs", "bench_sines", stamp)
   if os.path.exists(os.path.join(path, "config.json")):
@@ -113,7 +113,7 @@ def main(argv):
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f}, run folder {path}",
         flush=True)
   t0 = time.time()
-  results = regression_trainer.train(config)
+  results = experiment.train(config)
   wall = time.time() - t0
   rows = summarise(results, wall)
   load_after = os.getloadavg()

@@ -55,15 +55,19 @@ def latest_version_dir(export_dir: str) -> str:
 
 def throwaway_export(folder: str, embedding_dim: int = 640, num_latents: int = 64) -> str:
   """Exports an untrained LEO of the given sizes under `folder`; returns the version dir."""
-  from leo_tf.serving import export  # pylint: disable=g-import-not-at-top
-  from leo_tf.classification import experiment as trainer  # pylint: disable=g-import-not-at-top
-  from leo_tf.core.config import ModelConfig, OuterConfig  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from leo_tf.classification import experiment
+  from leo_tf.core.config import ModelConfig, OuterConfig
+  from leo_tf.outer import checkpoints
+  from leo_tf.serving import export
+  # pylint: enable=g-import-not-at-top
   run_dir = os.path.join(folder, "run")
-  config = trainer.RunConfig(
+  config = experiment.RunConfig(
       model=ModelConfig(embedding_dim=embedding_dim, num_latents=num_latents),
       outer=OuterConfig(checkpoint_path=run_dir), progress=False)
-  trainer.write_json_atomically(os.path.join(run_dir, "config.json"), config.to_dict())
-  trainer.Run(config).save_best(0.0)  # step 0, the initial weights
+  checkpoints.check_resume_config(run_dir, config)  # writes config.json
+  checkpoints.RunState(run_dir, lambda: experiment.build_learner(config), config.outer
+                       ).save_best(0.0)  # step 0, the initial weights
   return export.export_checkpoint(run_dir, os.path.join(folder, "models"))
 
 

@@ -6,7 +6,7 @@ configuration (D = 640, n_z = 64, 5 + 5 inner steps):
     per class;
   - evaluation, 5-way 1-shot and 5-shot with every remaining query (599 / 595
     per class of 600 images), 200 tasks per batch, as the trainer evaluates
-    LEO (outer.SplitEvaluator; sampling the tasks included);
+    LEO (classification.evaluation.SplitEvaluator; sampling the tasks included);
 each with XLA on and off, and the episode pipeline alone (leo_tf.bench.data, run as a
 subprocess after the model cases; `--nopipeline` skips it).
 
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 from absl import app
 from absl import flags
+
+from leo_tf.bench import resources
 
 flags.DEFINE_string("case", "", "Run one case in this process (used internally).")
 flags.DEFINE_integer("train_steps", 30, "Timed meta-training steps per case.")
@@ -48,19 +49,18 @@ def _cases() -> list[str]:
   return names
 
 
-def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def run_case(case: str) -> dict:
   """Times one case in this process."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
+  from leo_tf.classification import evaluation
+  from leo_tf.classification.leo import LEO
+  from leo_tf.core.config import ModelConfig, OuterConfig
   from leo_tf.data import episodes
-  from leo_tf.outer import step as outer
-  from leo_tf.data import random_problems as testing  # pylint: disable=g-import-not-at-top
-  from leo_tf.core.config import ModelConfig, OuterConfig  # pylint: disable=g-import-not-at-top
-  from leo_tf.classification.leo import LEO  # pylint: disable=g-import-not-at-top
+  from leo_tf.data import random_problems
+  from leo_tf.outer import step as outer_step
+  # pylint: enable=g-import-not-at-top
 
   kind, ways_shots, xla = case.split("_")
   shots = int(ways_shots.split("way")[1].rstrip("shot"))
@@ -77,12 +77,12 @@ def run_case(case: str) -> dict:
     config = OuterConfig(jit_compile=True)
     with strategy.scope():
       model = LEO(ModelConfig(), seed=0)
-      optimizer = outer.make_optimizer(model, config)
-    step, _ = distribute.make_distributed_train_step(model, optimizer, config, strategy)
+      optimizer = outer_step.make_optimizer(model, config)
+    step = distribute.make_distributed_train_step(model, optimizer, config, strategy)
     batch = 12
     problems = []
     for s in range(4):
-      p = testing.random_problem(batch, 5, shots, 15, 640, seed=s)
+      p = random_problems.random_problem(batch, 5, shots, 15, 640, seed=s)
       per = batch // replicas
       problems.append(distribute.split_for_replicas(
           strategy, lambda r, p=p: episodes.ProblemInstance(*[a[r * per:(r + 1) * per] for a in p])))
@@ -90,16 +90,16 @@ def run_case(case: str) -> dict:
     model = LEO(ModelConfig(), seed=0)
   if kind == "train" and not xla.startswith("mirrored"):
     config = OuterConfig(jit_compile=jit)
-    step = outer.make_train_step(model, outer.make_optimizer(model, config), config)
+    step = outer_step.make_train_step(model, outer_step.make_optimizer(model, config), config)
     batch = 12
-    problems = [testing.random_problem(batch, 5, shots, 15, 640, seed=s) for s in range(4)]
+    problems = [random_problems.random_problem(batch, 5, shots, 15, 640, seed=s) for s in range(4)]
     problems = [episodes.ProblemInstance(*[tf.constant(a) for a in p]) for p in problems]
   if kind == "train":
     for s in range(3):  # warm-up and compilation
-      step(problems[s % 4], tf.constant([0, s])).loss.numpy()
+      step(problems[s % 4], tf.constant([0, s]))["loss"].numpy()
     for s in range(FLAGS.train_steps):
       t0 = time.perf_counter()
-      step(problems[s % 4], tf.constant([0, s])).loss.numpy()
+      step(problems[s % 4], tf.constant([0, s]))["loss"].numpy()
       times.append(time.perf_counter() - t0)
     tasks_per_step = batch
   else:
@@ -114,7 +114,7 @@ def run_case(case: str) -> dict:
                                        ("random",))
     sampler = episodes.EpisodeSampler(split, 5, shots, IMAGES_PER_CLASS - shots, seed=0,
                                       stream="test")
-    step = outer.SplitEvaluator(model, split, shots, jit_compile=jit)
+    step = evaluation.SplitEvaluator(model, split, shots, jit_compile=jit)
     chunk = 200
     num_chunks = -(-FLAGS.eval_tasks // chunk)  # full chunks only: one compiled shape
     for warm in range(3):  # compilations (a few widths of the class-blocked product)
@@ -130,7 +130,7 @@ def run_case(case: str) -> dict:
       "case": case, "tasks_per_s": tasks_per_step / (median / 1000), "step_ms_median": median,
       "step_ms_p10": float(np.percentile(times_ms, 10)),
       "step_ms_p90": float(np.percentile(times_ms, 90)), "tasks_per_step": tasks_per_step,
-      "timed_steps": len(times), "peak_rss_mb": _peak_rss_mb(),
+      "timed_steps": len(times), "peak_rss_mb": resources.peak_rss_mb(),
   }
 
 

@@ -31,10 +31,12 @@ import numpy as np
 
 from leo_tf.data import embeddings
 from leo_tf.data import episodes
-from leo_tf.classification import experiment as trainer
+from leo_tf.classification import evaluation
+from leo_tf.classification import experiment
+from leo_tf.outer import checkpoints
 
 
-def load_run_config(checkpoint_path: str, data_path: str | None = None) -> trainer.RunConfig:
+def load_run_config(checkpoint_path: str, data_path: str | None = None) -> experiment.RunConfig:
   """The RunConfig that a training run wrote to <checkpoint_path>/config.json.
 
   Its checkpoint_path becomes `checkpoint_path` (the run may have been moved),
@@ -46,14 +48,14 @@ def load_run_config(checkpoint_path: str, data_path: str | None = None) -> train
         f"{path}: no such file; checkpoint_path must be a LEO training run's folder "
         "(python -m leo_tf.train --checkpoint_path=...).")
   with open(path) as f:
-    config = trainer.RunConfig.from_dict(json.load(f))
+    config = experiment.RunConfig.from_dict(json.load(f))
   data = config.data if data_path is None else dataclasses.replace(config.data,
                                                                    data_path=data_path)
   return dataclasses.replace(config, data=data, outer=dataclasses.replace(
       config.outer, checkpoint_path=checkpoint_path))
 
 
-def collect_codes(config: trainer.RunConfig, split: str = "val", num_tasks: int = 1000,
+def collect_codes(config: experiment.RunConfig, split: str = "val", num_tasks: int = 1000,
                   chunk_size: int = 100) -> dict[str, np.ndarray]:
   """Codes of the first num_tasks tasks of `split` (the evaluation tasks of the trainer).
 
@@ -69,17 +71,14 @@ def collect_codes(config: trainer.RunConfig, split: str = "val", num_tasks: int 
   if config.model_name != "leo":
     raise ValueError(f"The latent figure needs a LEO run; {config.outer.checkpoint_path!r} "
                      f"holds a {config.model_name!r} run.")
-  prefix, _ = trainer.best_checkpoint(config.outer.checkpoint_path)
   model = LEO(config.model, seed=config.outer.seed)
   no_adaptation = LEO(dataclasses.replace(config.model, inner_unroll_length=0,
                                           finetuning_unroll_length=0), seed=config.outer.seed)
   for m in (model, no_adaptation):
-    tf.train.Checkpoint(model=m).restore(prefix).expect_partial()
+    checkpoints.restore_best(m, config.outer.checkpoint_path,
+                             os.path.join(config.outer.checkpoint_path, checkpoints.CONFIG_FILE))
   split_data = embeddings.load_split(config.data, split, config.model.embedding_dim)
-  k = config.data.num_tr_examples_per_class
-  sampler = episodes.EpisodeSampler(split_data, config.data.num_classes, k,
-                                    episodes.num_eval_val_examples(split_data, k),
-                                    seed=config.outer.seed, stream=split)
+  sampler = evaluation.eval_sampler(config.data, split_data, split, config.outer.seed)
 
   @tf.function(reduce_retracing=True)
   def run(problem):

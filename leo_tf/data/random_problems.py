@@ -1,10 +1,10 @@
-"""Random few-shot problems for tests and benchmarks (random embeddings)."""
+"""Random few-shot problems (random embeddings): for benchmarks, examples and tests."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from leo_tf.classification.leo import ProblemInstance
+from leo_tf.data.episodes import ProblemInstance
 
 
 def random_problem(batch_size: int, num_classes: int, num_tr: int, num_val: int,

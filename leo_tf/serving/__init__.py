@@ -1,1 +1,10 @@
-"""TODO"""
+"""SavedModels for TF Serving, adaptation included, through one publishing path.
+
+publish         model versions under a base path, written atomically; checkpoint digests
+savedmodel      what every served learner shares: its variables, warmup records
+classification  the classification signatures (serving_default, generate)
+regression      the regression signature (the generator of f_theta)
+export          export a run's checkpoint as the next version (python -m leo_tf.export)
+"""
+
+__all__ = ["classification", "export", "publish", "regression", "savedmodel"]

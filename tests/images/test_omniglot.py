@@ -1,4 +1,4 @@
-"""Omniglot: split files, rotations, resizing, npz, zip and TFDS sources, flagfiles."""
+"""Tests for leo_tf.images.omniglot: split files, rotations, resizing, npz, zip and TFDS sources."""
 
 import io
 import os
@@ -11,7 +11,8 @@ import tensorflow as tf
 from leo_tf.data import embeddings
 from leo_tf.images import omniglot
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
+
 DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")
 needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, "index.csv")),
                                 reason="the shared Omniglot folder is not here")
@@ -180,18 +181,3 @@ def test_missing_folder_names_the_fix(tmp_path):
     omniglot.read_split_file(str(tmp_path), "train")
   with pytest.raises(ValueError, match="index.csv"):
     omniglot.load_characters(str(tmp_path))
-
-
-@pytest.mark.parametrize("name", ["omniglot_5way1shot", "omniglot_5way5shot",
-                                  "omniglot_20way1shot", "omniglot_20way5shot"])
-def test_omniglot_flagfiles_name_only_known_flags(name):
-  from absl import flags
-  from leo_tf import train  # pylint: disable=unused-import  (defines the flags)
-  with open(os.path.join(REPO, f"{name}.flags")) as f:
-    lines = [l.strip() for l in f if l.strip() and not l.startswith("#")]
-  values = dict(line[2:].split("=", 1) for line in lines)
-  for flag in values:
-    assert flag in flags.FLAGS, f"{name}.flags: unknown flag {flag}"
-  way, shot = name.split("_")[1].split("way")
-  assert values["dataset_name"] == "omniglot"
-  assert values["num_classes"] == way and values["num_tr_examples_per_class"] == shot[0]

@@ -1,4 +1,4 @@
-"""Tests for leo_tf.data.synthetic: a deterministic dataset in the published format."""
+"""leo_tf.data.synthetic: a deterministic dataset in the published format."""
 
 import json
 import os
@@ -13,6 +13,7 @@ import pytest
 from leo_tf.data import embeddings as emb
 from leo_tf.data import synthetic
 from leo_tf.core.config import DataConfig
+from tests.paths import REPO
 
 TINY = synthetic.SyntheticConfig(
     seed=3, num_train_classes=6, num_val_classes=5, num_test_classes=7, images_per_class=20,
@@ -130,7 +131,7 @@ def test_command_line_entry_point(tmp_path):
              "--images_per_class=20", "--embedding_dim=32", "--signal_dim=4",
              "--nuisance_dim=4", "--num_eval_tasks=10"]
   result = subprocess.run(command, capture_output=True, text=True, check=False,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          cwd=REPO)
   assert result.returncode == 0, result.stderr
   assert "NCM 5way_1shot on test (10 tasks)" in result.stdout
   split = emb.load_split(DataConfig(data_path=str(tmp_path), dataset_name="synthetic"), "val",

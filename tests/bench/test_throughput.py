@@ -1,11 +1,11 @@
-"""The throughput benchmark's command: one JSON line per case with the fields issue 9 names."""
+"""Tests for leo_tf.bench.throughput, the command python -m leo_tf.bench: one JSON line per case with the fields issue 9 names."""
 
 import json
 import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
 
 
 def test_bench_prints_a_json_line_per_case_and_a_table():

@@ -1,4 +1,4 @@
-"""Both inner loops on a problem small enough to solve by hand.
+"""leo_tf.core.inner_loops: both inner loops on a problem small enough to solve by hand.
 
 The problem: 2-way 1-shot, 1-D features. Class 0's support example is x = +1,
 class 1's is x = -1. Logits of x are (w_0 x, w_1 x). By the symmetry of the

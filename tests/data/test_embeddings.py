@@ -1,4 +1,7 @@
-"""Tests for leo_tf.data.embeddings: the published format, safe loading, errors, atomic writes."""
+"""leo_tf.data.embeddings: the published format, safe loading and errors naming the file.
+
+The atomicity of write_split (through leo_tf.data.atomic) is tested in test_atomic.py.
+"""
 
 import os
 import pathlib
@@ -292,29 +295,3 @@ def test_write_split_refuses_invalid_inputs(tmp_path):
   with pytest.raises(emb.EmbeddingsError, match="2 keys for 1"):
     emb.write_split(path, np.ones((1, D)), ["x-na-na_1", "x-na-na_2"], [0])
   assert not os.path.exists(path)
-
-
-# ---------------------------------------------------------------------------
-# Atomic writes.
-# ---------------------------------------------------------------------------
-
-
-def test_interrupted_write_leaves_old_file_intact_and_no_partial_pkl(tmp_path, monkeypatch):
-  path = str(tmp_path / "train_embeddings.pkl")
-  emb.write_split(path, np.ones((2, D)), _keys(["na", "nb"]), [0, 1])
-  with open(path, "rb") as f:
-    before = f.read()
-
-  def crash_midway(self, obj):
-    self.write(b"\x80\x02}q\x00(U\nembeddings")  # a partial pickle...
-    raise KeyboardInterrupt("killed while writing")  # ...then the process is stopped
-
-  monkeypatch.setattr(emb._Python2StylePickler, "dump", crash_midway)
-  with pytest.raises(KeyboardInterrupt):
-    emb.write_split(path, 3 * np.ones((4, D)), _keys(["na", "nb", "nc", "nd"]), [0, 1, 2, 3])
-  with open(path, "rb") as f:
-    assert f.read() == before
-  assert os.listdir(tmp_path) == ["train_embeddings.pkl"]  # temporary file removed
-  with pytest.raises(KeyboardInterrupt):
-    emb.write_split(str(tmp_path / "val_embeddings.pkl"), np.ones((1, D)), ["x-na-na_1"], [0])
-  assert not (tmp_path / "val_embeddings.pkl").exists()

@@ -1,6 +1,5 @@
-"""Stage 1 (pretrain), figure 4 (latent_figure) and the reduced Omniglot pipeline."""
+"""Tests for leo_tf.images.pretrain: stage 1's pieces and its command on real Omniglot drawings."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -10,14 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf.images import backbones
-from leo_tf.data import embeddings
-from leo_tf.classification import latent_figure
-from leo_tf.images import omniglot_pipeline
-from leo_tf.images import pretrain
 from leo_tf.core.config import DataConfig
+from leo_tf.data import embeddings
+from leo_tf.images import backbones
+from leo_tf.images import pretrain
+from tests.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")
 needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, "index.csv")),
                                 reason="the shared Omniglot folder is not here")
@@ -38,6 +35,7 @@ def test_random_shift_moves_each_image_by_its_offset():
   np.testing.assert_array_equal(pretrain.random_shift(images, 0, np.random.default_rng(0)), images)
 
 
+
 def test_cosine_head_by_hand():
   config = pretrain.PretrainConfig(head="cosine", cosine_scale_init=10.0)
   variables, logits_fn = pretrain._build_head(2, 2, config)  # pylint: disable=protected-access
@@ -45,6 +43,7 @@ def test_cosine_head_by_hand():
   # f = (6, 8) -> cos with (3, 4) is 1, with (0, -2) is -0.8.
   np.testing.assert_allclose(logits_fn(tf.constant([[6.0, 8.0]])).numpy(), [[10.0, -8.0]],
                              rtol=1e-6)
+
 
 
 def test_ncm_eval_on_separable_features():
@@ -60,6 +59,7 @@ def test_ncm_eval_on_separable_features():
   np.testing.assert_allclose(mean, 1 / 3)
 
 
+
 def _image_folder(root, num_classes=3, per_class=6, size=32):
   """<root>/{train,val,test}/<class>/<i>.png: colour images, one hue per class."""
   rng = np.random.default_rng(0)
@@ -72,6 +72,7 @@ def _image_folder(root, num_classes=3, per_class=6, size=32):
         image[:, :, c % 3] += 150
         tf.io.write_file(os.path.join(folder, f"img-{i}.png"),
                          tf.io.encode_png(image.astype(np.uint8)))
+
 
 
 def test_wide_resnet_at_reduced_size_from_an_image_folder(tmp_path):
@@ -91,6 +92,7 @@ def test_wide_resnet_at_reduced_size_from_an_image_folder(tmp_path):
   assert split.image_names[0] == "n20000000_img_0.png"  # '-' in file names replaced
   np.testing.assert_allclose(np.linalg.norm(split.embeddings, axis=1), 1.0, rtol=1e-5)
   assert os.path.isfile(tmp_path / "out" / "tinyimages" / pretrain.WEIGHTS_FILE)
+
 
 
 @needs_data
@@ -116,51 +118,3 @@ def test_pretrain_command_writes_omniglot_embeddings(tmp_path):
   test = embeddings.read_embeddings_file(str(out / "omniglot/center/test_embeddings.pkl"), 8)
   assert not set(train.class_names) & set(test.class_names)
 
-
-def test_pca_2d_by_hand():
-  # Points on the line y = 2x (plus a constant z): all variance on (1, 2, 0)/sqrt(5).
-  t = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
-  points = np.stack([t, 2 * t, np.full_like(t, 3.0)], axis=1)
-  projected, components, explained = latent_figure.pca_2d(points)
-  np.testing.assert_allclose(components[0], np.array([1, 2, 0]) / np.sqrt(5), atol=1e-12)
-  np.testing.assert_allclose(projected[:, 0], t * np.sqrt(5), atol=1e-12)
-  np.testing.assert_allclose(explained, [1.0, 0.0], atol=1e-12)
-  with pytest.raises(ValueError, match=r"\[M, d\]"):
-    latent_figure.pca_2d(np.zeros((1, 3)))
-
-
-def test_results_table_and_goals():
-  def result(setting, model, acc, ci):
-    return {"setting": setting, "model": model, "ablation": "leo", "mean_accuracy": acc,
-            "ci95": ci}
-  results = [result("20way1shot", "leo", 0.976, 0.001), result("20way1shot", "metasgd", 0.97,
-                                                                0.002),
-             result("20way5shot", "leo", 0.99, 0.001)]
-  table = omniglot_pipeline.results_table(results)
-  assert "| LEO, ours (conv4 features) | not run | not run | 97.60 ± 0.10 | 99.00 ± 0.10 |" in table
-  assert "| Relation Network (Sung et al. 2018) | 99.6 | 99.8 | 97.6 | 99.1 |" in table
-  goals = omniglot_pipeline.goals_report(results)
-  assert goals[0] == "LEO >= 97.5% on 20way1shot: met (97.60%)"
-  assert goals[1] == "LEO >= 99.3% on 20way5shot: MISSED (99.00%)"
-  assert goals[2].startswith("LEO above Meta-SGD on 20way1shot, disjoint 95% intervals: met")
-
-
-@needs_data
-def test_reduced_pipeline_reaches_a_floor_a_broken_one_cannot(tmp_path):
-  # Stage 1 on a subset, LEO 5-way 1-shot briefly, then figure 4 on 100 tasks.
-  # About a minute on 2 idle cores (stage 1: two epochs over 24,000 images).
-  config = omniglot_pipeline.quick_config(DATA, str(tmp_path), flagfile_dir=REPO)
-  config = dataclasses.replace(config, figure_tasks=100, figure_settings=("5way1shot",))
-  summary = omniglot_pipeline.run(config)
-  (result,) = summary["results"]
-  assert result["setting"] == "5way1shot" and result["model"] == "leo"
-  assert result["num_tasks"] == 500 and result["num_val_examples_per_class"] == 19
-  # Chance is 20%; untrained features give about 60% (NCM); a working pipeline > 90%.
-  assert result["mean_accuracy"] > 0.9, result
-  assert summary["stage1"]["ncm"]["val"]["accuracy"] > summary["stage1"]["ncm"]["test"][
-      "accuracy"] - 0.1
-  (figure,) = summary["figures"]
-  assert os.path.getsize(figure["figure"]) > 10_000
-  assert figure["num_tasks"] == 100 and figure["accuracy_adapted"] > 0.9
-  with open(tmp_path / "runs" / "results.md") as f:
-    assert "LEO, ours" in f.read()

@@ -1,4 +1,4 @@
-"""Tests for leo_tf.data.tfds_embeddings: build from pickles offline, read back identically."""
+"""leo_tf.data.tfds_embeddings: build from pickles offline, read back identically."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Backbones: shapes, parameter counts derived by hand, modes, unknown batch sizes."""
+"""Tests for leo_tf.images.backbones: shapes, parameter counts derived by hand, modes, unknown batch sizes."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for leo_tf.data.episodes: seeded, vectorised N-way K-shot sampling."""
+"""leo_tf.data.episodes: seeded, vectorised N-way K-shot sampling."""
 
 import numpy as np
 import pytest
@@ -181,18 +181,6 @@ def test_make_dataset_matches_sampler_with_static_shapes():
     assert isinstance(batch, episodes.ProblemInstance)
     for got, want in zip(batch, sampler.sample(7 + i, 4)):
       np.testing.assert_array_equal(got.numpy(), want)
-
-
-def test_bench_data_run_reports_every_case():
-  from leo_tf.bench.throughput import data as bench_data  # pylint: disable=g-import-not-at-top
-  split = _split([25] * 6)
-  results = bench_data.run(split, split, num_batches=3, batch_size=2, num_eval_tasks=5,
-                           eval_chunk_size=2)
-  assert [r["case"] for r in results] == ["sample_loop", "eval_chunks", "make_dataset"]
-  assert all(r["episodes_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in results)
-  assert results[1]["num_tasks"] == 5 and results[1]["num_val_examples_per_class"] == 24
-  assert results[2]["num_batches"] == 3
-  assert "eval_chunks" in bench_data.format_table(results)
 
 
 def test_iterate_tasks_gives_the_same_tasks_for_every_chunk_size():
