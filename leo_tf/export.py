@@ -18,16 +18,12 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from leo_tf.serving import export
 from leo_tf.serving import publish
+from leo_tf.outer import progress
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
+  progress.start_command(argv)
   f = flags.FLAGS
   try:
     version_dir = export.export_checkpoint(f.checkpoint_path, f.export_dir, f.checkpoint or None,

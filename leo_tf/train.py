@@ -16,11 +16,11 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from leo_tf import command_line
 from leo_tf.classification import experiment as classification_experiment
 from leo_tf.outer import distribute
+from leo_tf.outer import progress
 from leo_tf.regression import experiment as regression_experiment
 
 FLAGS = flags.FLAGS
@@ -29,10 +29,7 @@ EXPERIMENTS = {"classification": (classification_experiment, command_line.config
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
+  progress.start_command(argv)
   if FLAGS.num_cpu_devices > 1:
     distribute.configure_cpu_devices(FLAGS.num_cpu_devices)  # before TensorFlow starts
   experiment, config_from_flags = EXPERIMENTS[FLAGS.problem]

@@ -28,9 +28,9 @@ from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from leo_tf import command_line  # defines the training flags
+from leo_tf.outer import progress
 
 flags.DEFINE_string("bench_dir", None,
                     "Fresh folder for the benchmark run (default runs/bench_sines/<UTC time>); "
@@ -93,12 +93,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  progress.start_command(argv)
   if FLAGS.problem != "regression":
-    raise app.UsageError("bench_regression benchmarks --problem=regression (use sines.flags).")
+    raise app.UsageError("leo_tf.bench.regression benchmarks --problem=regression (use sines.flags).")
   from leo_tf.regression import experiment  # pylint: disable=g-import-not-at-top
   config = command_line.regression_config_from_flags()
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from leo_tf.outer import progress
+
 # (name, N, K, Q): the cases timed.
 CASES = (("5-way 1-shot", 5, 1, 75), ("5-way 5-shot", 5, 5, 75))
 SIGNATURES = ("serving_default", "generate")
@@ -168,13 +170,8 @@ with open(out, "w") as f:
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console
+  progress.start_command(argv)
   f = flags.FLAGS
   try:
     results = run_benchmark(f.export_dir or None, f.num_calls, f.num_warmup, f.num_threads)

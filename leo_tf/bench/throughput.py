@@ -5,7 +5,7 @@ configuration (D = 640, n_z = 64, 5 + 5 inner steps):
   - one meta-training step, 5-way 1-shot and 5-shot, meta-batch 12, 15 queries
     per class;
   - evaluation, 5-way 1-shot and 5-shot with every remaining query (599 / 595
-    per class of 600 images), 200 tasks per batch, as the trainer evaluates
+    per class of 600 images), 200 tasks per batch, as classification.experiment evaluates
     LEO (classification.evaluation.SplitEvaluator; sampling the tasks included);
 each with XLA on and off, and the episode pipeline alone (leo_tf.bench.data, run as a
 subprocess after the model cases; `--nopipeline` skips it).
@@ -104,7 +104,7 @@ def run_case(case: str) -> dict:
     tasks_per_step = batch
   else:
     # A split of 20 classes x 600 images (miniImageNet's test split), tasks drawn
-    # from it by the episode sampler, evaluated as the trainer does: the fast
+    # from it by the episode sampler, evaluated as classification.experiment does: the fast
     # path (indices, one product with the split's embeddings), 200 tasks a batch.
     from leo_tf.data import embeddings as embeddings_lib  # pylint: disable=g-import-not-at-top
     rng = np.random.default_rng(0)

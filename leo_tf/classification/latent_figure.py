@@ -34,6 +34,7 @@ from leo_tf.data import episodes
 from leo_tf.classification import evaluation
 from leo_tf.classification import experiment
 from leo_tf.outer import checkpoints
+from leo_tf.outer import progress
 
 
 def load_run_config(checkpoint_path: str, data_path: str | None = None) -> experiment.RunConfig:
@@ -57,7 +58,7 @@ def load_run_config(checkpoint_path: str, data_path: str | None = None) -> exper
 
 def collect_codes(config: experiment.RunConfig, split: str = "val", num_tasks: int = 1000,
                   chunk_size: int = 100) -> dict[str, np.ndarray]:
-  """Codes of the first num_tasks tasks of `split` (the evaluation tasks of the trainer).
+  """Codes of the first num_tasks tasks of `split` (the evaluation tasks of classification.experiment).
 
   Returns:
     latents: float32 [T, N, K, n_z], z as encoded (the mean of q(z | D^tr));
@@ -194,10 +195,8 @@ def make_figure(checkpoint_path: str, output: str, num_tasks: int = 1000,
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  progress.start_command(argv)
   f = flags.FLAGS
   try:
     summary = make_figure(f.checkpoint_path, f.output, f.num_tasks, f.split, f.data_path)

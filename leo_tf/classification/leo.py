@@ -323,11 +323,5 @@ class LEO(tf.Module):
 
   def meta_loss(self, outputs: LEOOutputs) -> objective.MetaLoss:
     """Equations 6-7 on the outputs of a meta-training call."""
-    c = self.config
-    return objective.meta_loss(
-        outputs.val_loss, outputs.kl, outputs.encoder_penalty,
-        objective.l2_penalty(self.regularized_kernels),
-        decoder_lib.orthogonality_penalty(self.decoder.kernel),
-        kl_weight=c.kl_weight, encoder_penalty_weight=c.encoder_penalty_weight,
-        l2_penalty_weight=c.l2_penalty_weight,
-        orthogonality_penalty_weight=c.orthogonality_penalty_weight)
+    return objective.model_meta_loss(outputs, self.config, self.regularized_kernels,
+                                     self.decoder.kernel)

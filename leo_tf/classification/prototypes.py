@@ -10,7 +10,7 @@ than on a metric-trained embedding):
 `ncm_accuracy` is the NumPy version (stage 1 uses it to pick its epoch);
 `Prototypes` wraps the same rule in the MetaLearner contract with LEO's outputs
 (`__call__(problem, *, training, seed) -> LEOOutputs`, `meta_variables`, ...),
-so that the trainer evaluates it with the same episodes and confidence
+so that classification.experiment evaluates it with the same episodes and confidence
 intervals; it has no variables and cannot be meta-trained.
 """
 

@@ -18,6 +18,8 @@ from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
+from leo_tf.core import decoder as decoder_lib
+
 # The original's NaN fallback: the gradient of 1e-4 * l2_loss, whatever lambda_1.
 FALLBACK_L2_WEIGHT = 1e-4
 
@@ -55,3 +57,23 @@ def meta_loss(val_loss: tf.Tensor, kl: tf.Tensor, enc_penalty: tf.Tensor, l2: tf
            + orthogonality_penalty_weight * orthogonality)
   return MetaLoss(total=total, val_loss=tf.reduce_mean(val_loss), kl=tf.reduce_mean(kl),
                   encoder_penalty=tf.reduce_mean(enc_penalty), l2=l2, orthogonality=orthogonality)
+
+
+def model_meta_loss(outputs, config, regularized_kernels: Sequence[tf.Tensor],
+                    decoder_kernel: tf.Tensor) -> MetaLoss:
+  """Equations 6-7 for a LEO-style model, its weights read from its configuration.
+
+  Args:
+    outputs: the model's outputs, with val_loss, kl, encoder_penalty [B].
+    config: with kl_weight (beta), encoder_penalty_weight (gamma),
+      l2_penalty_weight (lambda_1), orthogonality_penalty_weight (lambda_2).
+    regularized_kernels: what the L2 term acts on.
+    decoder_kernel: [n_z, 2D] (or the decoder's last kernel), for the
+      orthogonality term.
+  """
+  return meta_loss(
+      outputs.val_loss, outputs.kl, outputs.encoder_penalty, l2_penalty(regularized_kernels),
+      decoder_lib.orthogonality_penalty(decoder_kernel), kl_weight=config.kl_weight,
+      encoder_penalty_weight=config.encoder_penalty_weight,
+      l2_penalty_weight=config.l2_penalty_weight,
+      orthogonality_penalty_weight=config.orthogonality_penalty_weight)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import os
 import re
 import zipfile

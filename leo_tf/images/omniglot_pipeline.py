@@ -39,9 +39,9 @@ from typing import Any, Sequence
 
 from leo_tf.images import backbones
 from leo_tf.data import atomic
-from leo_tf.data import embeddings as emb
 from leo_tf.images import pretrain
 from leo_tf.core.config import ABLATIONS
+from leo_tf.outer import progress
 
 SETTINGS = ("5way1shot", "5way5shot", "20way1shot", "20way5shot")
 MODELS = ("prototypes", "metasgd", "leo")
@@ -286,8 +286,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
 def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+  progress.start_command(argv)
   f = flags.FLAGS
   try:
     config = PipelineConfig(

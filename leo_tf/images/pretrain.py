@@ -49,6 +49,7 @@ from leo_tf.data import embeddings as emb
 from leo_tf.data import episodes
 from leo_tf.images import omniglot
 from leo_tf.classification import prototypes
+from leo_tf.outer import progress
 
 HEADS = ("cosine", "linear")
 INFO_FILE = "pretrain_info.json"
@@ -468,8 +469,7 @@ def define_flags() -> None:
 def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
+  progress.start_command(argv)
   try:
     config = config_from_flags(flags.FLAGS)
   except ValueError as e:

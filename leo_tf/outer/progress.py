@@ -53,3 +53,18 @@ def write_summaries(writer, step: int, scalars: dict[str, float]) -> None:
   with writer.as_default(step=step), np.errstate(over="ignore"):
     for name, value in scalars.items():
       tf.summary.scalar(name, np.float32(value))
+
+
+def start_command(argv: list[str]) -> None:
+  """What every command does first: refuse positional arguments, keep TensorFlow's INFO quiet.
+
+  Raises:
+    absl.app.UsageError: an argument that is not a flag (a bare `demo.flags`).
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console

@@ -61,7 +61,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from leo_tf.core import decoder as decoder_lib
 from leo_tf.core import distributions
 from leo_tf.core import encoder as encoder_lib
 from leo_tf.core import inner_loops
@@ -405,11 +404,5 @@ class LEORegression(tf.Module):
 
   def meta_loss(self, outputs: RegressionOutputs) -> objective.MetaLoss:
     """Equations 6-7 on the outputs of a meta-training call."""
-    c = self.config
-    return objective.meta_loss(
-        outputs.val_loss, outputs.kl, outputs.encoder_penalty,
-        objective.l2_penalty(self.regularized_kernels),
-        decoder_lib.orthogonality_penalty(self.decoder.kernels[-1]),
-        kl_weight=c.kl_weight, encoder_penalty_weight=c.encoder_penalty_weight,
-        l2_penalty_weight=c.l2_penalty_weight,
-        orthogonality_penalty_weight=c.orthogonality_penalty_weight)
+    return objective.model_meta_loss(outputs, self.config, self.regularized_kernels,
+                                     self.decoder.kernels[-1])
