@@ -24,6 +24,7 @@ from leo_tf.outer import progress
 from leo_tf.regression import experiment as regression_experiment
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(command_line)  # --help lists the training flags
 EXPERIMENTS = {"classification": (classification_experiment, command_line.config_from_flags),
                "regression": (regression_experiment, command_line.regression_config_from_flags)}
 

@@ -37,6 +37,7 @@ flags.DEFINE_string("bench_dir", None,
                     "replaces --checkpoint_path.")
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(command_line)  # --help lists the training flags
 MSE_RATIO_GOAL = 0.8  # LEO's MSE at most 80% of MAML's
 COVERAGE_GOAL = (0.80, 0.95)
 TRAIN_SECONDS_GOAL = 20 * 60

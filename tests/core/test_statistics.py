@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from leo_tf.core import statistics
@@ -31,3 +32,13 @@ def test_interval_dict_names_the_three_numbers():
   assert all(type(v) is float for v in got.values())  # JSON-ready, not NumPy scalars
   with pytest.raises(ValueError):
     statistics.interval_dict([])
+
+
+def test_confidence_interval_of_four_accuracies_by_hand():
+  # (From the old tests/test_train.py.) Deviations -0.3, -0.1, 0.1, 0.3 from the mean 0.5.
+  mean, ci, sd = statistics.confidence_interval(np.array([0.2, 0.4, 0.6, 0.8]))
+  assert mean == pytest.approx(0.5)
+  assert sd == pytest.approx(np.sqrt(((0.3 ** 2 + 0.1 ** 2) * 2) / 3))
+  assert ci == pytest.approx(1.96 * sd / 2)
+  with pytest.raises(ValueError, match="num_tasks"):
+    statistics.confidence_interval(np.array([]))

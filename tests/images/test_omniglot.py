@@ -1,6 +1,5 @@
 """Tests for leo_tf.images.omniglot: split files, rotations, resizing, npz, zip and TFDS sources."""
 
-import io
 import os
 import zipfile
 

@@ -1,5 +1,6 @@
-"""The whole LEO model: meta-gradients by finite differences, second order,
-compiled against eager, batched against per task, and its behaviour."""
+"""leo_tf.classification.leo, the whole LEO model: meta-gradients by finite
+differences, second order, compiled against eager, batched against per task,
+and its behaviour."""
 
 import dataclasses
 
@@ -7,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf.data import random_problems as testing
-from leo_tf.core.config import ModelConfig
 from leo_tf.classification.leo import LEO, ProblemInstance
+from leo_tf.core import classifier
+from leo_tf.core.config import ModelConfig
+from leo_tf.data import random_problems as testing
 
 B, N, K, V, D, NZ = 2, 3, 2, 4, 6, 3
 
@@ -232,7 +234,6 @@ def test_adaptation_and_finetuning_lower_the_support_loss():
     losses[steps] = model(problem, training=False).tr_loss  # after latent adaptation
     out = model(problem, training=False)
     # support loss after fine-tuning, recomputed from the adapted weights
-    from leo_tf.core import classifier
     w = tf.tile(out.classifier_weights[:, :, None, :], [1, 1, K, 1])
     losses[f"ft{steps}"] = tf.reduce_mean(classifier.inner_loss(
         tf.constant(problem.tr_input), tf.constant(problem.tr_output), w)[0],

@@ -1,4 +1,5 @@
-"""tf.distribute: mirrored on two logical CPUs equals one device; two workers train together.
+"""leo_tf.outer.distribute: mirrored on two logical CPUs equals one device; two workers
+train together; a mirrored run from the command line.
 
 Logical devices must be configured before TensorFlow starts, so each check runs
 in a fresh process.
@@ -14,9 +15,14 @@ import textwrap
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
+
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
+# The one-device reference of one mirrored step: replica r draws its noise from
+# replica_seed(seed, r, 2) for its half of the meta-batch; the mean of the replicas'
+# raw meta-gradients, the fallback, clipping and Adam on one device must give the
+# mirrored step's weights.
 MIRRORED_CHECK = textwrap.dedent("""
     import json, sys
     from leo_tf.outer import distribute
@@ -27,17 +33,25 @@ MIRRORED_CHECK = textwrap.dedent("""
     from leo_tf.data import random_problems as testing
     from leo_tf.core.config import ModelConfig, OuterConfig
     from leo_tf.data.episodes import ProblemInstance
-    from leo_tf.classification.leo import LEO, Noise
+    from leo_tf.classification.leo import LEO
 
     config = ModelConfig(embedding_dim=16, num_latents=4, inner_unroll_length=2,
                          finetuning_unroll_length=2, dropout_rate=0.3, kl_weight=0.1)
     outer_config = OuterConfig(outer_lr=1e-2, jit_compile=True)
     problem = ProblemInstance(*[tf.constant(a) for a in testing.random_problem(8, 3, 2, 4, 16)])
+    seed = tf.constant([1, 2])
+    half = lambda r: ProblemInstance(*[a[4 * r:4 * r + 4] for a in problem])
 
     single = LEO(config, seed=0)
     single_optimizer = outer.make_optimizer(single, outer_config)
-    noise = single.draw_noise(problem, tf.constant([1, 2]))
-    grads, single_metrics = outer.meta_gradients(single, problem, None, outer_config, noise=noise)
+    per_replica = [outer.raw_meta_gradients(
+        single, half(r), single.draw_noise(half(r), distribute.replica_seed(seed, r, 2)))
+                   for r in range(2)]
+    grads = [tf.add_n([g[i] for g, _ in per_replica]) / 2
+             for i in range(len(single.meta_variables))]
+    mean_metrics = {name: tf.add_n([m[name] for _, m in per_replica]) / 2
+                    for name in per_replica[0][1]}
+    grads, single_metrics = outer.finalize_gradients(single, grads, mean_metrics, outer_config)
     single_optimizer.apply_gradients(zip(grads, single.meta_variables))
 
     strategy = distribute.make_strategy("mirrored")
@@ -45,16 +59,9 @@ MIRRORED_CHECK = textwrap.dedent("""
     with strategy.scope():
       model = LEO(config, seed=0)
       optimizer = outer.make_optimizer(model, outer_config)
-    step, step_with_noise = distribute.make_distributed_train_step(
-        model, optimizer, outer_config, strategy)
-    half = lambda r, axis: (slice(None),) * axis + (slice(4 * r, 4 * r + 4),)
-    problems = distribute.split_for_replicas(
-        strategy, lambda r: ProblemInstance(*[a[half(r, 0)] for a in problem]))
-    noises = distribute.split_for_replicas(strategy, lambda r: Noise(
-        encoder_keep=noise.encoder_keep[half(r, 0)], latent_eps=noise.latent_eps[half(r, 0)],
-        weight_eps=noise.weight_eps[half(r, 1)], support_keep=noise.support_keep[half(r, 1)],
-        query_keep=noise.query_keep[half(r, 0)]))
-    metrics = step_with_noise(problems, noises)
+    step = distribute.make_distributed_train_step(model, optimizer, outer_config, strategy)
+    problems = distribute.split_for_replicas(strategy, half)
+    metrics = step(problems, seed)
     differences = {v.name: float(np.max(np.abs(v.numpy() - w.numpy())))
                    for v, w in zip(single.meta_variables, model.meta_variables)}
     moved = {v.name: float(np.max(np.abs(v.numpy() - w.numpy())))
@@ -65,8 +72,8 @@ MIRRORED_CHECK = textwrap.dedent("""
     in_sync = max(float(np.max(np.abs(v.values[0].numpy() - v.values[1].numpy())))
                   for v in mirrored)
     print(json.dumps({"differences": differences, "moved": moved, "in_sync": in_sync,
-                      "loss": float(single_metrics.loss),
-                      "finite": bool(np.isfinite(float(metrics.loss)))}))
+                      "loss": float(single_metrics["loss"]),
+                      "finite": bool(np.isfinite(float(metrics["loss"])))}))
 """)
 
 
@@ -119,7 +126,7 @@ def _checksum(stdout):
 
 def test_two_workers_on_localhost_train_together(tiny_data, tmp_path):
   import tensorflow as tf
-  from leo_tf.classification import experiment as trainer
+  from leo_tf.classification import experiment
   ports = _free_ports(2)
   cluster = {"worker": [f"localhost:{p}" for p in ports]}
   run = tmp_path / "run"
@@ -147,9 +154,9 @@ def test_two_workers_on_localhost_train_together(tiny_data, tmp_path):
   assert not [p for p in os.listdir(run) if p.startswith(".scratch")]
   assert "meta-test accuracy" in outputs[0] and "meta-test accuracy" not in outputs[1]
   # ... and the chief's checkpoint restores in a single-device run with those weights.
-  config = trainer.RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+  config = experiment.RunConfig.from_dict(json.loads((run / "config.json").read_text()))
   assert config.strategy == "multi_worker"
-  model = trainer.build_model(config)
+  model = experiment.build_learner(config)
   tf.train.Checkpoint(model=model).restore(
       tf.train.latest_checkpoint(str(run / "ckpt"))).expect_partial()
   restored = float(sum(np.abs(v.numpy().astype(np.float64)).sum()

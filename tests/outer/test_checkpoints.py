@@ -1,0 +1,93 @@
+"""leo_tf.outer.checkpoints: the best checkpoint survives a crash while writing, the
+resume check of config.json, and evaluation without a checkpoint."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from leo_tf.classification import experiment
+from leo_tf.classification.leo import LEO
+from leo_tf.core.config import DataConfig, ModelConfig, OuterConfig
+from leo_tf.outer import checkpoints
+
+D = 32
+
+
+def _config(checkpoint_path, **outer_overrides):
+  outer_config = dict(metatrain_batch_size=6, num_steps_limit=40, checkpoint_steps=20,
+                      num_metavalid_tasks=40, num_metatest_tasks=120, outer_lr=3e-3,
+                      checkpoint_path=str(checkpoint_path), seed=3)
+  outer_config.update(outer_overrides)
+  return experiment.RunConfig(
+      model=ModelConfig(embedding_dim=D, num_latents=8, inner_unroll_length=2,
+                        finetuning_unroll_length=2, dropout_rate=0.1, kl_weight=0.01),
+      data=DataConfig(data_path=str(checkpoint_path / "no_data"), dataset_name="synthetic",
+                      num_classes=5, num_tr_examples_per_class=1, num_val_examples_per_class=5),
+      outer=OuterConfig(**outer_config), summary_steps=5, progress=False)
+
+
+def test_best_checkpoint_survives_a_crash_while_writing(tmp_path, monkeypatch):
+  config = _config(tmp_path / "run")
+  run = checkpoints.RunState(config.outer.checkpoint_path,
+                             lambda: experiment.build_learner(config), config.outer)
+  run.step.assign(5)
+  run.save_best(0.5)
+  good_prefix, record = checkpoints.best_checkpoint(str(tmp_path / "run"))
+  assert record == {"checkpoint": "ckpt-5", "step": 5, "metavalid_accuracy": 0.5}
+  weights_at_5 = run.model.encoder.kernel.numpy().copy()
+  run.model.encoder.kernel.assign(weights_at_5 + 1.0)
+  run.step.assign(9)
+
+  real_write = tf.train.Checkpoint.write
+
+  def crash_after_partial_write(self, file_prefix, options=None):
+    real_write(self, file_prefix, options)
+    with open(file_prefix + ".index", "wb") as f:
+      f.write(b"half")  # a torn file, then the process dies
+    raise SystemExit("crash while writing the best checkpoint")
+
+  monkeypatch.setattr(tf.train.Checkpoint, "write", crash_after_partial_write)
+  with pytest.raises(SystemExit):
+    run.save_best(0.9)
+  monkeypatch.undo()
+  prefix, record = checkpoints.best_checkpoint(str(tmp_path / "run"))
+  assert prefix == good_prefix and record["step"] == 5  # still the complete one
+  restored = LEO(config.model)
+  tf.train.Checkpoint(model=restored).restore(prefix).expect_partial()
+  np.testing.assert_array_equal(restored.encoder.kernel.numpy(), weights_at_5)
+
+
+def test_evaluation_without_a_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="Train first"):
+    experiment.evaluate(_config(tmp_path / "empty"))
+
+
+def test_check_resume_config_refuses_other_settings(tmp_path):
+  # (Through experiment.train in tests/classification/test_experiment.py.)
+  config = _config(tmp_path / "run", num_steps_limit=0)
+  path = config.outer.checkpoint_path
+  os.makedirs(path)
+  checkpoints.check_resume_config(path, config)  # the first start writes config.json
+  checkpoints.check_resume_config(path, config)  # same settings: accepted
+  other = dataclasses.replace(config, outer=dataclasses.replace(config.outer, outer_lr=1.0))
+  with pytest.raises(ValueError, match="outer_lr"):
+    checkpoints.check_resume_config(path, other)
+
+
+def test_a_config_json_that_predates_a_setting_resumes_with_its_default(tmp_path):
+  config = _config(tmp_path / "run", num_steps_limit=0)
+  os.makedirs(config.outer.checkpoint_path)
+  checkpoints.check_resume_config(config.outer.checkpoint_path, config)
+  path = tmp_path / "run" / checkpoints.CONFIG_FILE
+  saved = json.loads(path.read_text())
+  del saved["model"]["max_weights_stddev"]  # as written before that setting existed
+  path.write_text(json.dumps(saved))
+  checkpoints.check_resume_config(config.outer.checkpoint_path, config)  # same settings: accepted
+  bounded = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                  max_weights_stddev=10.0))
+  with pytest.raises(ValueError, match=r"max_weights_stddev: 0.0 -> 10.0"):
+    checkpoints.check_resume_config(config.outer.checkpoint_path, bounded)
