@@ -69,6 +69,9 @@ flags.DEFINE_float("gradient_norm_threshold", 0.1, "Then clip each by norm (<= 0
 flags.DEFINE_string("checkpoint_path", "runs/leo",
                     "Where checkpoints, TensorBoard summaries and results go.")
 flags.DEFINE_integer("checkpoint_steps", 1000, "Meta-validate and checkpoint every so many steps.")
+flags.DEFINE_string("results_dir", "",
+                    "Folder for results_<split>.json (default: --checkpoint_path), e.g. when the run "
+                    "folder is read-only.")
 flags.DEFINE_boolean("evaluation_mode", False,
                      "Evaluate the best checkpoint in checkpoint_path on meta-test; no training.")
 
@@ -120,11 +123,33 @@ flags.DEFINE_float("regression_latent_clip", 5.0,
                    "The decoder reads c tanh(z / c), which keeps the inner loop finite.")
 flags.DEFINE_float("regression_maml_inner_lr", 0.01, "alpha of the MAML baseline (fixed).")
 flags.DEFINE_integer("regression_maml_inner_steps", 5, "MAML's inner gradient steps.")
-flags.DEFINE_integer("regression_maml_num_steps", 20_000, "MAML's meta-training steps.")
+flags.DEFINE_float("regression_maml_steps_ratio", 1.0,
+                   "MAML's meta-training steps per LEO step: MAML trains this times "
+                   "--num_steps_limit steps (sines.flags: 2.5, 20,000 for LEO's 8,000).")
 flags.DEFINE_float("regression_maml_outer_lr", 1e-3, "MAML's Adam learning rate.")
 flags.DEFINE_integer("regression_maml_batch_size", 25, "MAML's tasks per meta-training step.")
 
 FLAGS = flags.FLAGS
+
+# The configuration fields whose flag has another name, by --problem: error
+# messages name a field; the command line names the flag (progress.command_error).
+FLAG_NAMES = {
+    "classification": {"model_name": "model"},
+    "regression": {
+        "num_samples": "regression_num_samples", "query_loss": "regression_query_loss",
+        "params_stddev_offset": "regression_params_stddev_offset",
+        "max_params_stddev": "regression_max_params_stddev",
+        "latent_clip": "regression_latent_clip", "inner_lr": "regression_maml_inner_lr",
+        "num_inner_steps": "regression_maml_inner_steps",
+        "maml_steps_ratio": "regression_maml_steps_ratio",
+        "maml_outer_lr": "regression_maml_outer_lr", "maml_batch_size": "regression_maml_batch_size",
+        "num_eval_points": "regression_num_eval_points",
+        "num_eval_samples": "regression_num_eval_samples",
+        "num_valid_samples": "regression_num_valid_samples", "eval_seed": "regression_eval_seed",
+        "num_tr_examples": "num_tr_examples_per_class",
+        "num_val_examples": "num_val_examples_per_class",
+    },
+}
 
 
 def config_from_flags() -> classification_experiment.RunConfig:
@@ -158,7 +183,7 @@ def config_from_flags() -> classification_experiment.RunConfig:
   return classification_experiment.RunConfig(
       model=model, data=data, outer=outer, summary_steps=FLAGS.summary_steps,
       eval_chunk_mb=FLAGS.eval_chunk_mb, progress=FLAGS.progress, model_name=FLAGS.model,
-      strategy=FLAGS.strategy)
+      strategy=FLAGS.strategy, results_dir=FLAGS.results_dir)
 
 
 def regression_config_from_flags() -> regression_experiment.RegressionRunConfig:
@@ -181,7 +206,7 @@ def regression_config_from_flags() -> regression_experiment.RegressionRunConfig:
                                   num_val_examples=FLAGS.num_val_examples_per_class)
   return regression_experiment.RegressionRunConfig(
       model=model, maml=maml_config, tasks=tasks, outer=config_from_flags().outer,
-      maml_num_steps_limit=FLAGS.regression_maml_num_steps,
+      maml_steps_ratio=FLAGS.regression_maml_steps_ratio,
       maml_outer_lr=FLAGS.regression_maml_outer_lr,
       maml_batch_size=FLAGS.regression_maml_batch_size,
       models=("leo", "maml") if FLAGS.regression_model == "both" else (FLAGS.regression_model,),

@@ -23,7 +23,7 @@ from leo_tf.outer import progress
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  progress.start_command(argv)
+  progress.start_command(argv, "leo_tf.export")
   f = flags.FLAGS
   try:
     version_dir = export.export_checkpoint(f.checkpoint_path, f.export_dir, f.checkpoint or None,
@@ -59,4 +59,4 @@ def _define_flags():
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=progress.flags_parser("leo_tf.export"))

@@ -30,14 +30,14 @@ EXPERIMENTS = {"classification": (classification_experiment, command_line.config
 
 
 def main(argv):
-  progress.start_command(argv)
+  progress.start_command(argv, "leo_tf.train")
   if FLAGS.num_cpu_devices > 1:
     distribute.configure_cpu_devices(FLAGS.num_cpu_devices)  # before TensorFlow starts
   experiment, config_from_flags = EXPERIMENTS[FLAGS.problem]
   try:
     config = config_from_flags()
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    progress.command_error("leo_tf.train", str(e), command_line.FLAG_NAMES[FLAGS.problem])
   try:
     if FLAGS.evaluation_mode:
       experiment.evaluate(config)
@@ -54,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=progress.flags_parser("leo_tf.train"))

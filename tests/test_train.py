@@ -91,3 +91,12 @@ def test_unknown_flags_and_contradictory_settings_fail_at_start(data_path, tmp_p
   assert result.returncode != 0 and "embeddings.zip" in result.stderr, result.stderr
   result = _run_cli(["--kl_weight=-1", f"--checkpoint_path={tmp_path}/z"])
   assert result.returncode != 0 and "kl_weight" in result.stderr
+  # The message alone, the flag as typed, a one-line hint; no usage text.
+  ours = [l for l in result.stderr.splitlines() if l.startswith(("leo_tf.train", "Run `"))]
+  assert ours == ["leo_tf.train: error: --kl_weight must be >= 0, got -1.0.",
+                  "Run `python -m leo_tf.train --helpfull` for every flag and what it means."]
+  assert "--outer_lr" not in result.stderr and result.returncode == 2
+  assert not os.path.exists(f"{tmp_path}/z")  # nothing written
+  help_result = _run_cli(["--help"])
+  assert help_result.returncode == 0 and "--flagfile=demo.flags" in help_result.stdout
+  assert "--num_tr_examples_per_class" in help_result.stdout  # the training flags are listed

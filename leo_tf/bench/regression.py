@@ -94,7 +94,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv):
-  progress.start_command(argv)
+  progress.start_command(argv, "leo_tf.bench.regression")
   if FLAGS.problem != "regression":
     raise app.UsageError("leo_tf.bench.regression benchmarks --problem=regression (use sines.flags).")
   from leo_tf.regression import experiment  # pylint: disable=g-import-not-at-top
@@ -135,4 +135,4 @@ if __name__ == "__main__":
   if not any(a.startswith("--flagfile") for a in sys.argv[1:]):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.argv.insert(1, f"--flagfile={os.path.join(repo, 'sines.flags')}")
-  app.run(main)
+  app.run(main, flags_parser=progress.flags_parser("leo_tf.bench.regression"))

@@ -171,7 +171,7 @@ with open(out, "w") as f:
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  progress.start_command(argv)
+  progress.start_command(argv, "leo_tf.bench.serving")
   f = flags.FLAGS
   try:
     results = run_benchmark(f.export_dir or None, f.num_calls, f.num_warmup, f.num_threads)
@@ -195,4 +195,4 @@ def _define_flags():
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=progress.flags_parser("leo_tf.bench.serving"))

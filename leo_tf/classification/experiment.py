@@ -12,6 +12,7 @@ Layout of `checkpoint_path` (outer.checkpoints):
   ckpt/, best/            latest checkpoints; the best by meta-validation accuracy
   train/, valid/          TensorBoard summaries
   results_<split>.json    meta-test accuracy with its 95% confidence interval
+                          (results_<split>_<N>tasks.json for an evaluation of another size)
 
 Episodes for step s come from np.random.default_rng([seed, stream, s]) and the
 learner's samples and dropout from the stateless seed (seed, s), so an
@@ -34,7 +35,6 @@ from leo_tf.classification import prototypes
 from leo_tf.classification.leo import LEO
 from leo_tf.core import statistics
 from leo_tf.core.config import DataConfig, ModelConfig, OuterConfig, check_at_least, check_choice
-from leo_tf.data import atomic
 from leo_tf.data import embeddings
 from leo_tf.data import episodes
 from leo_tf.data.episodes import ProblemInstance
@@ -60,6 +60,7 @@ class RunConfig:
   progress: bool = True  # progress bar on stderr
   model_name: str = "leo"  # leo, metasgd (Meta-SGD) or prototypes (nearest class mean)
   strategy: str = "default"  # tf.distribute: default, mirrored or multi_worker
+  results_dir: str = ""  # where results_<split>.json goes ("": checkpoint_path)
 
   # Settings that, changed between a run and its resumption, make the checkpoint
   # meaningless or the resumed run different from an uninterrupted one.
@@ -136,6 +137,9 @@ def train(config: RunConfig) -> dict[str, Any]:
     return evaluate(config)
   train_split = embeddings.load_split(d, "train", config.model.embedding_dim)
   val_split = embeddings.load_split(d, "val", config.model.embedding_dim)
+  # Every split the run reads is opened and checked now, not after hours of training
+  # (the test split is read again for the meta-test, so it is not held meanwhile).
+  embeddings.load_split(d, "test", config.model.embedding_dim)
   val_sampler = evaluation.eval_sampler(d, val_split, "val", o.seed)
   strategy = distribute.make_strategy(config.strategy)
   num_replicas = strategy.num_replicas_in_sync
@@ -200,20 +204,25 @@ def evaluate(config: RunConfig, split: str = "test") -> dict[str, Any]:
   accuracies = evaluate_split(o.num_metatest_tasks)
   seconds = time.time() - t0
   mean, ci, sd = statistics.confidence_interval(accuracies)
-  results_file = os.path.join(o.checkpoint_path, f"results_{split}.json")
+  results_file = checkpoints.results_path(config.results_dir or o.checkpoint_path, split,
+                                          int(accuracies.size))
+  queries = sampler.num_val_examples_per_class
   results = {
       "split": split, "model_name": config.model_name, "dataset_name": d.dataset_name,
       "embedding_crop": d.embedding_crop,
       "num_classes": d.num_classes, "num_tr_examples_per_class": d.num_tr_examples_per_class,
-      "num_val_examples_per_class": sampler.num_val_examples_per_class,
+      "num_val_examples_per_class": queries,
+      "queries": (f"every remaining image of each class: {queries} per class (the smallest "
+                  f"class's size minus K), as the original evaluates; --num_val_examples_per_"
+                  f"class ({d.num_val_examples_per_class}) sets meta-training's queries only"),
       "num_tasks": int(accuracies.size), "mean_accuracy": mean, "ci95": ci, "sd": sd,
       "checkpoint": prefix, "checkpoint_step": record["step"],
       "metavalid_accuracy": record["metavalid_accuracy"], "seconds": seconds,
       "results_file": results_file,
   }
-  atomic.write_json_atomically(results_file, results)
   print(f"meta-{split} accuracy {100 * mean:.2f}% +- {100 * ci:.2f}% (95% CI) over "
-        f"{accuracies.size} {d.num_classes}-way {d.num_tr_examples_per_class}-shot tasks "
-        f"({config.model_name}, best checkpoint step {record['step']}); written to "
-        f"{results_file}", flush=True)
+        f"{accuracies.size} {d.num_classes}-way {d.num_tr_examples_per_class}-shot tasks with "
+        f"{queries} queries per class ({config.model_name}, best checkpoint step "
+        f"{record['step']}); writing {results_file}", flush=True)
+  checkpoints.write_results(results_file, results)
   return results

@@ -196,7 +196,7 @@ def make_figure(checkpoint_path: str, output: str, num_tasks: int = 1000,
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  progress.start_command(argv)
+  progress.start_command(argv, "leo_tf.classification.latent_figure")
   f = flags.FLAGS
   try:
     summary = make_figure(f.checkpoint_path, f.output, f.num_tasks, f.split, f.data_path)
@@ -213,4 +213,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_tasks", 1000, "Tasks to encode and adapt.")
   flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Which classes the tasks use.")
   flags.DEFINE_string("data_path", None, "Embeddings folder, if not the run's own data_path.")
-  app.run(main)
+  app.run(main, flags_parser=progress.flags_parser("leo_tf.classification.latent_figure"))

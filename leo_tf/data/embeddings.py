@@ -238,7 +238,9 @@ def _check_embeddings(embeddings: Any, embedding_dim: int, source: str) -> np.nd
   if embeddings.shape[1] != embedding_dim:
     raise EmbeddingsError(
         f"{source}: embeddings have size {embeddings.shape[1]}, expected {embedding_dim}; "
-        "pass embedding_dim to read features of another size.")
+        f"the features are {embeddings.shape[1]}-dimensional: pass "
+        f"--embedding_dim={embeddings.shape[1]} (embedding_dim={embeddings.shape[1]} in the "
+        "library).")
   if embeddings.shape[0] == 0:
     raise EmbeddingsError(f"{source}: the file holds no embeddings.")
   embeddings = embeddings.astype(np.float32, copy=False)  # [n, D]

@@ -64,8 +64,27 @@ def num_eval_val_examples(split: EmbeddingSplit, num_tr_examples_per_class: int)
     c = int(np.argmin(split.class_sizes, axis=0))
     raise ValueError(
         f"num_tr_examples_per_class (K={num_tr_examples_per_class}) leaves no query image in "
-        f"class {split.class_names[c]!r}, which has {smallest} images; use K < {smallest}.")
+        f"class {split.class_names[c]!r}, which has {smallest} images; lower "
+        f"--num_tr_examples_per_class (K) to at most {smallest - 1}.")
   return smallest - num_tr_examples_per_class
+
+
+def _fitting_k_and_v(split: EmbeddingSplit, num_tr_examples_per_class: int,
+                     num_val_examples_per_class: int) -> str:
+  """What to lower so that K + V images fit in the split's smallest class, in flags."""
+  smallest = int(split.class_sizes.min(axis=0))
+  largest_v = smallest - num_tr_examples_per_class  # V that fits with this K
+  largest_k = smallest - num_val_examples_per_class  # K that fits with this V
+  lower_v = f"--num_val_examples_per_class (V) to at most {largest_v}"
+  lower_k = f"--num_tr_examples_per_class (K) to at most {largest_k}"
+  if largest_v >= 1 and largest_k >= 1:
+    return f"lower {lower_v} or {lower_k}."
+  if largest_v >= 1:
+    return f"lower {lower_v}."
+  if largest_k >= 1:
+    return f"lower {lower_k}."
+  return (f"lower --num_tr_examples_per_class (K) and --num_val_examples_per_class (V) to "
+          f"K + V <= {smallest}.")
 
 
 class EpisodeSampler:
@@ -94,7 +113,9 @@ class EpisodeSampler:
 
     Raises:
       ValueError: N, K, V or seed out of range, N above the split's number of
-        classes, or a class with fewer than K + V images (named).
+        classes, or a class with fewer than K + V images (the smallest is named,
+        with the largest --num_val_examples_per_class or
+        --num_tr_examples_per_class that fits).
     """
     for name, value in (("num_classes", num_classes),
                         ("num_tr_examples_per_class", num_tr_examples_per_class),
@@ -110,12 +131,13 @@ class EpisodeSampler:
     per_class = num_tr_examples_per_class + num_val_examples_per_class
     too_small = np.flatnonzero(split.class_sizes < per_class)
     if too_small.size:
-      c = int(too_small[0])
+      c = int(np.argmin(split.class_sizes, axis=0))  # the first of the smallest classes
       raise ValueError(
-          f"class {split.class_names[c]!r} has {int(split.class_sizes[c])} images, fewer than "
-          f"K + V = {num_tr_examples_per_class} + {num_val_examples_per_class} = {per_class} "
-          f"({too_small.size} class(es) too small); lower num_val_examples_per_class (V) or K, "
-          "e.g. V = num_eval_val_examples(split, K).")
+          f"{', '.join(split.paths)}: class {split.class_names[c]!r} has "
+          f"{int(split.class_sizes[c])} images, fewer than K + V = {num_tr_examples_per_class} "
+          f"+ {num_val_examples_per_class} = {per_class} (the smallest of {too_small.size} "
+          "class(es) too small); "
+          + _fitting_k_and_v(split, num_tr_examples_per_class, num_val_examples_per_class))
     self.split = split
     self.num_classes = int(num_classes)
     self.num_tr_examples_per_class = int(num_tr_examples_per_class)

@@ -312,6 +312,22 @@ def format_report(info: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def where_line(info: dict[str, Any], output_path: str) -> str:
+  """The command's last line: whether the files were written or kept, and how to use them.
+
+  Args:
+    info: what generate() returned ("skipped" true when nothing was regenerated).
+    output_path: the folder passed to generate() (the data_path of the result).
+  """
+  use = f"use data_path={output_path} dataset_name={DATASET_NAME}"
+  embedding_dim = info["settings"]["embedding_dim"]
+  if embedding_dim != emb.DEFAULT_EMBEDDING_DIM:
+    use += f" embedding_dim={embedding_dim}"
+  if info.get("skipped"):
+    return f"Kept {output_folder(output_path)} (already generated with these settings); {use}."
+  return f"Wrote {output_folder(output_path)}; {use}."
+
+
 def main(argv):
   del argv  # Unused.
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -324,8 +340,7 @@ def main(argv):
       noise_scale=f.noise_scale)
   info = generate(config, f.output_path, num_eval_tasks=f.num_eval_tasks, overwrite=f.overwrite)
   print(format_report(info))
-  print(f"Wrote {output_folder(f.output_path)}; use data_path={f.output_path} "
-        f"dataset_name={DATASET_NAME}.")
+  print(where_line(info, f.output_path))
 
 
 def _define_flags():

@@ -467,13 +467,12 @@ def define_flags() -> None:
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  progress.start_command(argv)
+  progress.start_command(argv, "leo_tf.images.pretrain")
   try:
     config = config_from_flags(flags.FLAGS)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    progress.command_error("leo_tf.images.pretrain", str(e))
   try:
     info = pretrain(config)
   except ValueError as e:
@@ -485,4 +484,4 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=progress.flags_parser("leo_tf.images.pretrain"))

@@ -173,6 +173,34 @@ def restore_best(model: MetaLearner, path: str, described_by: str
   return prefix, record
 
 
+def results_path(folder: str, split: str, num_tasks: int) -> str:
+  """Where an evaluation of `num_tasks` tasks on `split` writes its results.
+
+  <folder>/results_<split>.json, unless that file holds an evaluation of
+  another number of tasks (say the run's 10,000-task meta-test, and now a
+  quick 500-task one): then <folder>/results_<split>_<num_tasks>tasks.json, so
+  no evaluation replaces one of another size.
+  """
+  path = os.path.join(folder, f"results_{split}.json")
+  try:
+    with open(path) as f:
+      held = json.load(f).get("num_tasks")
+  except (OSError, ValueError, AttributeError):
+    return path  # none yet (or unreadable: it is replaced)
+  if held in (None, num_tasks):
+    return path
+  return os.path.join(folder, f"results_{split}_{num_tasks}tasks.json")
+
+
+def write_results(path: str, results: dict[str, Any]) -> None:
+  """Writes a results file atomically; a clear error if the folder is not writable."""
+  try:
+    atomic.write_json_atomically(path, results)
+  except OSError as e:
+    raise OSError(f"could not write the results to {path} ({e.strerror or e}); they are printed "
+                  "above. Pass --results_dir=<a writable folder> to keep them.") from e
+
+
 def check_resume_config(checkpoint_path: str, config) -> None:
   """Writes config.json on the first start; on a restart, refuses changed settings.
 

@@ -129,6 +129,8 @@ def fit(run: RunState, train_step, batches: Callable[[int], Iterable],
       pending.append(train_step(batch, seeds.step_seed(o.seed, step)))
       step += 1
       run.step.assign(step)
+      if step == start + 1:
+        progress.restart_clock(step)  # the first step compiled: leave it out of the ETA
       if step % spec.summary_steps == 0 or step == o.num_steps_limit:
         means = {name: float(np.mean([m[name].numpy() for m in pending])) for name in pending[0]}
         interval = len(pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +19,10 @@ class Progress:
     self.t0 = time.time()
     self.tty = sys.stderr.isatty()
     self._last_line = 0.0
+
+  def restart_clock(self, step: int) -> None:
+    """Rates and the ETA count from here: call after the first step, so compilation is left out."""
+    self.start, self.t0 = step, time.time()
 
   def update(self, step: int, text: str) -> None:
     if not self.enabled:
@@ -55,16 +60,87 @@ def write_summaries(writer, step: int, scalars: dict[str, float]) -> None:
       tf.summary.scalar(name, np.float32(value))
 
 
-def start_command(argv: list[str]) -> None:
+HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "-?")
+
+
+def _hint(command: str) -> str:
+  return f"Run `python -m {command} --helpfull` for every flag and what it means."
+
+
+def command_error(command: str, message: str, flag_names: Mapping[str, str] | None = None,
+                  flag_values=None):
+  """Exits with status 2 after printing `message` alone and a one-line hint (no usage text).
+
+  A message that starts with a configuration field's name (e.g. "outer_lr must
+  be > 0, got -0.001.") starts with the flag's name as typed instead
+  ("--outer_lr must be > 0, ..."); `flag_names` maps the fields whose flag
+  has another name (e.g. num_samples -> regression_num_samples). flag_values:
+  the absl FlagValues the command parsed (default: absl's FLAGS).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  first = message.split(" ", 1)[0]
+  flag = (flag_names or {}).get(first, first)
+  if flag in flag_values:
+    message = f"--{flag}{message[len(first):]}"
+  sys.stderr.write(f"{command}: error: {message}\n{_hint(command)}\n")
+  sys.exit(2)
+
+
+def _where_in_flagfiles(flag: str, argv: list[str]) -> str:
+  """' (demo.flags, line 7)' for the flagfile line that sets --flag, or ''."""
+  for arg in argv:
+    if not arg.startswith("--flagfile="):
+      continue
+    path = arg.split("=", 1)[1]
+    try:
+      with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+          if line.strip().split("=", 1)[0] in (f"--{flag}", f"-{flag}"):
+            return f" ({path}, line {number})"
+    except OSError:
+      continue
+  return ""
+
+
+def flags_parser(command: str, flag_values=None):
+  """An absl `flags_parser` for app.run: one message per bad flag, and --help exits with 0.
+
+  absl prints the whole usage text for a bad flag; this prints its message,
+  where a flagfile set it, and a one-line hint. --help and --helpfull print
+  their text and exit with status 0 (absl's exit with 1). flag_values: the
+  absl FlagValues to parse into (default: absl's FLAGS).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flag_values(argv)
+    except flags.Error as e:
+      where = _where_in_flagfiles(getattr(e, "flagname", "") or "", argv)
+      sys.stderr.write(f"{command}: error: {e}{where}\n{_hint(command)}\n")
+      sys.exit(2)
+    except SystemExit as e:
+      if e.code == 1 and any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:]):
+        sys.exit(0)
+      raise
+
+  return parse
+
+
+def start_command(argv: list[str], command: str) -> None:
   """What every command does first: refuse positional arguments, keep TensorFlow's INFO quiet.
 
-  Raises:
-    absl.app.UsageError: an argument that is not a flag (a bare `demo.flags`).
+  A positional argument (a bare `demo.flags`) exits with a message that says
+  what was probably meant (command_error).
   """
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
+    extra = argv[1:]
+    meant = [f"--flagfile={a}" if a.endswith(".flags") else f"--{a}" for a in extra]
+    command_error(command, f"unexpected arguments {extra}: flags look like --name=value (did "
+                           f"you mean {' '.join(meant)}?).")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # keep TensorFlow's INFO lines off the console

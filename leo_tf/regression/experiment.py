@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from leo_tf.core import statistics
 from leo_tf.core.config import OuterConfig, check_at_least, check_positive
@@ -54,7 +55,7 @@ class RegressionRunConfig:
                                    checkpoint_steps=2000, num_metavalid_tasks=200,
                                    num_metatest_tasks=1000, metavalid_batch_size=50,
                                    metatest_batch_size=20)  # LEO's outer loop, and the run's
-  maml_num_steps_limit: int = 20_000  # MAML's meta-training steps
+  maml_steps_ratio: float = 1.0  # MAML's meta-training steps per LEO step (num_steps_limit)
   maml_outer_lr: float = 1e-3  # MAML's Adam learning rate
   maml_batch_size: int = 25  # MAML's tasks per meta-training step
   models: tuple[str, ...] = MODELS  # which models to train and evaluate
@@ -79,7 +80,8 @@ class RegressionRunConfig:
   def __post_init__(self):
     if not self.models or any(m not in MODELS for m in self.models):
       raise ValueError(f"models must be a non-empty subset of {MODELS}, got {self.models!r}.")
-    check_at_least(self, 0, "maml_num_steps_limit", "eval_seed")
+    check_at_least(self, 0, "eval_seed")
+    check_positive(self, "maml_steps_ratio")
     check_at_least(self, 1, "num_eval_points", "num_eval_samples", "summary_steps",
                    "maml_batch_size")
     check_at_least(self, 2, "num_valid_samples")
@@ -87,6 +89,11 @@ class RegressionRunConfig:
     if self.eval_seed == self.outer.seed:
       raise ValueError(f"eval_seed ({self.eval_seed}) must differ from the training seed "
                        f"({self.outer.seed}): held-out tasks come from a separate seed.")
+
+  @property
+  def maml_num_steps_limit(self) -> int:
+    """MAML's steps: maml_steps_ratio x num_steps_limit, so one limit shortens both runs."""
+    return int(round(self.maml_steps_ratio * self.outer.num_steps_limit))
 
   def outer_config(self, name: str) -> OuterConfig:
     """The outer loop of model `name`: LEO's as given; MAML's with its own steps, rate, batch."""
@@ -103,6 +110,8 @@ class RegressionRunConfig:
   def from_dict(cls, d: dict[str, Any]) -> "RegressionRunConfig":
     """The inverse of to_dict (JSON lists back to tuples)."""
     d = {k: v for k, v in d.items() if k != "problem"}
+    if "maml_num_steps_limit" in d:  # a config.json of before maml_steps_ratio
+      d["maml_steps_ratio"] = d.pop("maml_num_steps_limit") / max(d["outer"]["num_steps_limit"], 1)
 
     def tuples(group: dict[str, Any]) -> dict[str, Any]:
       return {k: tuple(v) if isinstance(v, list) else v for k, v in group.items()}
@@ -205,6 +214,7 @@ def evaluate(config: RegressionRunConfig, split: str = "test", figure: bool = Tr
   }
   per_task: dict[str, np.ndarray] = {}
   predictions: dict[str, np.ndarray] = {}
+  steps: dict[str, int] = {}
   for name in config.models:
     model = build_learner(name, config)
     prefix, record = checkpoints.restore_best(
@@ -229,8 +239,12 @@ def evaluate(config: RegressionRunConfig, split: str = "test", figure: bool = Tr
     results[name] = entry
     per_task[name] = mse
     predictions[name] = samples
+    latest = tf.train.latest_checkpoint(os.path.join(o.checkpoint_path, name, "ckpt"))
+    entry["steps_trained"] = checkpoints.checkpoint_step(latest) if latest else 0
+    steps[name] = entry["steps_trained"]
     print(f"[{name}] meta-{split} MSE {entry['mse']['mean']:.4f} +- {entry['mse']['ci95']:.4f} "
-          f"(95% CI) over {mse.size} tasks"
+          f"(95% CI) over {mse.size} tasks, after {entry['steps_trained']} meta-training steps "
+          f"(best checkpoint: step {record['step']})"
           + (f"; 90% band coverage {100 * entry['coverage90']['mean']:.1f}% +- "
              f"{100 * entry['coverage90']['ci95']:.1f}%" if name == "leo" else ""), flush=True)
   if "leo" in per_task and "maml" in per_task:
@@ -245,7 +259,7 @@ def evaluate(config: RegressionRunConfig, split: str = "test", figure: bool = Tr
     path = os.path.join(o.checkpoint_path, FIGURE_FILE)
     results["figure"] = path
     results["figure_tasks"] = figure_lib.draw_figure(path, tasks, params, predictions,
-                                                     config.tasks)
+                                                     config.tasks, steps)
   results_file = os.path.join(o.checkpoint_path, RESULTS_FILE.format(split=split))
   results["results_file"] = results_file
   atomic.write_json_atomically(results_file, results)

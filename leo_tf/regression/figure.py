@@ -29,16 +29,21 @@ def pick_figure_tasks(tasks: tasks_lib.RegressionTasks, params: tasks_lib.TaskPa
 
 def draw_figure(path: str, tasks: tasks_lib.RegressionTasks, params: tasks_lib.TaskParams,
                 predictions: dict[str, np.ndarray], task_config: tasks_lib.SinusoidConfig,
-                num_curves: int = 10) -> dict[str, list[int]]:
+                steps: dict[str, int] | None = None, num_curves: int = 10
+                ) -> dict[str, list[int]]:
   """Writes the figure-3-like PNG atomically; returns the drawn task indices by kind.
 
   Per panel: the noiseless function (black), the K noisy support points (red),
   `num_curves` of LEO's sampled functions (blue, thin), its 90% band (shaded)
-  and, when evaluated, MAML's prediction (green, dashed).
+  and, when evaluated, MAML's prediction (green, dashed). `steps` (model -> meta-training
+  steps) goes into the title and the legend.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  def trained(name: str) -> str:  # " (8000 steps)": how long each model meta-trained
+    return f" ({steps[name]} steps)" if steps and name in steps else ""
 
   chosen = pick_figure_tasks(tasks, params, task_config.noise_stddev)
   panels = [(kind, i) for kind in ("ambiguous", "sine", "line") for i in chosen[kind]]
@@ -59,7 +64,7 @@ def draw_figure(path: str, tasks: tasks_lib.RegressionTasks, params: tasks_lib.T
               label="LEO samples" if s == 0 else None)
     if "maml" in predictions:
       ax.plot(grid, predictions["maml"][i, 0, :, 0], color="tab:green", lw=1.4, ls="--",
-              label="MAML")
+              label=f"MAML{trained('maml')}")
     ax.plot(grid, tasks.val_target[i, :, 0], color="black", lw=1.8, label="true function")
     ax.scatter(tasks.tr_input[i, :, 0], tasks.tr_output[i, :, 0], color="tab:red", zorder=5,
                s=28, label=f"{tasks.tr_input.shape[1]} noisy points")
@@ -73,7 +78,7 @@ def draw_figure(path: str, tasks: tasks_lib.RegressionTasks, params: tasks_lib.T
   for ax in axes.ravel()[len(panels):]:
     ax.axis("off")
   axes.ravel()[0].legend(fontsize=7, loc="best")
-  fig.suptitle(f"LEO on held-out {task_config.num_tr_examples}-shot sines and lines: "
+  fig.suptitle(f"LEO{trained('leo')} on held-out {task_config.num_tr_examples}-shot sines and lines: "
                f"{min(num_curves, leo.shape[1])} of {leo.shape[1]} sampled functions", fontsize=11)
   fig.tight_layout()
   atomic.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))

@@ -42,24 +42,31 @@ WARMUP_TASKS = ((5, 1, 75), (5, 5, 75))
 
 
 _INPUT_SIGNATURE = (
-    # D is left dynamic on purpose: a wrong D then reaches the explicit check
-    # below (a clear InvalidArgument) instead of failing inside an einsum.
-    tf.TensorSpec([None, None, None], tf.float32, name="support"),  # [N, K, D]
-    tf.TensorSpec([None, None], tf.float32, name="query"),  # [Q, D]
+    # Rank and D are left dynamic on purpose: a request of the wrong rank (say
+    # support [N, D], without the K axis) or the wrong D then reaches the explicit
+    # checks below (a clear InvalidArgument) instead of failing inside a slice or
+    # an einsum. A rank in the signature would not be checked when the graph runs,
+    # and would let TensorFlow fold tf.rank to a constant.
+    tf.TensorSpec(None, tf.float32, name="support"),  # [N, K, D]
+    tf.TensorSpec(None, tf.float32, name="query"),  # [Q, D]
 )
+# tf.nn.l2_normalize divides by max(|x|^2, epsilon)^(1/2): an embedding of squared
+# norm below it (all zeros) is not made a unit vector, and gives uniform probabilities.
+_L2_EPSILON = 1e-12
 
 
 def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int
                   ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Checks a request in the graph; returns the inputs with static D.
+  """Checks a request in the graph; returns the inputs with static shapes.
 
   The checks run in this order, each after the previous one (so the first
-  problem is the one reported): D of support, D of query, empty support, N >= 2,
-  finite support, finite query. Every later op depends on them.
+  problem is the one reported): rank of support, rank of query, D of support,
+  D of query, empty support, N >= 2, finite support, finite query, no all-zero
+  support embedding, no all-zero query embedding. Every later op depends on them.
 
   Args:
-    support: float32 [N, K, D'] as received.
-    query: float32 [Q, D'] as received.
+    support: float32 [N, K, D'] as received (any rank).
+    query: float32 [Q, D'] as received (any rank).
     embedding_dim: D, the model's embedding size.
 
   Returns:
@@ -70,9 +77,19 @@ def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int
     what to send instead.
   """
   d = embedding_dim
-  support_shape = tf.shape(support, out_type=tf.int64)  # [3]: N, K, D'
-  query_shape = tf.shape(query, out_type=tf.int64)  # [2]: Q, D'
+  support_shape = tf.shape(support, out_type=tf.int64)  # [rank]: N, K, D' when rank 3
+  query_shape = tf.shape(query, out_type=tf.int64)  # [rank]: Q, D' when rank 2
+  # The slices and reductions below are made inside the checks' control
+  # dependencies, so that they only run on inputs of the right rank.
   checks = [
+      lambda: tf.debugging.Assert(
+          tf.equal(tf.rank(support), 3),
+          [f"support must be rank 3, [N, K, D] with D = {d}: N classes, K examples of each; "
+           "for one example per class send [N, 1, D].", "support shape:", support_shape]),
+      lambda: tf.debugging.Assert(
+          tf.equal(tf.rank(query), 2),
+          [f"query must be rank 2, [Q, D] with D = {d}: one row per example to classify; "
+           "for a single query send [1, D].", "query shape:", query_shape]),
       lambda: tf.debugging.Assert(
           tf.equal(support_shape[2], d),
           [f"support must be [N, K, D] with D = {d}, the embedding size this model was trained "
@@ -93,6 +110,12 @@ def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int
           support, message="support contains NaN or Inf; send finite embeddings"),
       lambda: tf.debugging.assert_all_finite(
           query, message="query contains NaN or Inf; send finite embeddings"),
+      lambda: _assert_nonzero_rows(
+          support, "support has an all-zero embedding (L2 norm below 1e-6), which cannot be "
+          "L2-normalised; send embeddings with non-zero values.", "[n, k] of the first:"),
+      lambda: _assert_nonzero_rows(
+          query, "query has an all-zero embedding (L2 norm below 1e-6), which cannot be "
+          "L2-normalised; send embeddings with non-zero values.", "[q] of the first:"),
   ]
   done = []
   for check in checks:
@@ -103,6 +126,19 @@ def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int
     support = tf.ensure_shape(tf.identity(support), [None, None, d])  # [N, K, D]
     query = tf.ensure_shape(tf.identity(query), [None, d])  # [Q, D]
   return support, query
+
+
+def _assert_nonzero_rows(x: tf.Tensor, message: str, where: str) -> tf.Operation:
+  """Asserts that every embedding (last axis) of x [..., D] has |x|^2 >= _L2_EPSILON.
+
+  The message is followed by `where` and the index of the first zero
+  embedding (an index into x's leading axes, e.g. [n, k] of support [N, K, D]).
+  """
+  squared_norm = tf.reduce_sum(tf.square(x), axis=-1)  # [..., D] -> [...]
+  nonzero = squared_norm >= _L2_EPSILON  # [...]
+  first_zero = tf.where(tf.logical_not(nonzero))[:1]  # [M, rank - 1] -> [<= 1, rank - 1]
+  every = tf.reduce_all(nonzero, axis=None)  # [...] -> [], over every embedding
+  return tf.debugging.Assert(every, [message, where, first_zero])
 
 
 def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool

@@ -6,6 +6,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -118,6 +119,30 @@ def test_training_learns_writes_checkpoints_summaries_and_results(data_path, tmp
   # --evaluation_mode's path gives the same numbers from the best checkpoint.
   again = trainer.evaluate(config)
   assert again["mean_accuracy"] == pytest.approx(results["mean_accuracy"])
+  # What "num_val_examples_per_class": 29 means is written beside it.
+  assert written["num_val_examples_per_class"] == 29
+  assert written["queries"].startswith("every remaining image of each class: 29 per class")
+  # An evaluation of another size gets its own file; the 120-task results stay.
+  smaller = trainer.evaluate(dataclasses.replace(
+      config, outer=dataclasses.replace(config.outer, num_metatest_tasks=30)))
+  assert smaller["results_file"] == os.path.join(tmp_path, "run", "results_test_30tasks.json")
+  with open(results["results_file"]) as f:
+    assert json.load(f)["num_tasks"] == 120
+  elsewhere = trainer.evaluate(dataclasses.replace(config, results_dir=str(tmp_path / "out")))
+  assert elsewhere["results_file"] == os.path.join(tmp_path, "out", "results_test.json")
+  assert elsewhere["mean_accuracy"] == results["mean_accuracy"]
+
+
+def test_a_corrupt_test_split_is_found_before_training(data_path, tmp_path):
+  path, _ = data_path
+  copy = tmp_path / "data"
+  shutil.copytree(path, copy)
+  test_file = copy / "synthetic" / "center" / "test_embeddings.pkl"
+  test_file.write_bytes(test_file.read_bytes()[:1000])  # truncated
+  config = _config((str(copy), None), tmp_path / "run")
+  with pytest.raises(embeddings.EmbeddingsError, match="test_embeddings.pkl"):
+    trainer.train(config)
+  assert not os.path.exists(tmp_path / "run")  # nothing trained, nothing written
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(data_path, tmp_path,

@@ -130,6 +130,18 @@ def test_embedding_dim_argument_allows_other_sizes(tmp_path):
     emb.read_embeddings_file(path)
 
 
+def test_wrong_embedding_dim_says_which_value_to_pass(tmp_path):
+  # --embedding_dim=512 on the published 640-d features: the message names 640.
+  path = emb.split_path(str(tmp_path), "toy", "center", "train")
+  emb.write_split(path, np.ones((2, D), np.float32), _keys(["na", "nb"]), [0, 1])
+  with pytest.raises(emb.EmbeddingsError) as info:
+    emb.load_split(DataConfig(data_path=str(tmp_path), dataset_name="toy"), "train",
+                   embedding_dim=512)
+  assert str(info.value) == (
+      f"{path}: embeddings have size 640, expected 512; the features are 640-dimensional: "
+      "pass --embedding_dim=640 (embedding_dim=640 in the library).")
+
+
 def test_train_on_val_concatenates_train_then_val(tmp_path):
   root = str(tmp_path)
   emb.write_split(emb.split_path(root, "toy", "center", "train"), np.ones((3, D)),

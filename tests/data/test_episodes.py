@@ -127,8 +127,11 @@ def test_num_eval_val_examples_uses_smallest_class():
   split = _split([600, 732, 610])
   assert episodes.num_eval_val_examples(split, 1) == 599
   assert episodes.num_eval_val_examples(split, 5) == 595
-  with pytest.raises(ValueError, match="class 'c00', which has 600 images"):
+  with pytest.raises(ValueError, match="class 'c00', which has 600 images") as info:
     episodes.num_eval_val_examples(split, 600)
+  assert str(info.value) == (
+      "num_tr_examples_per_class (K=600) leaves no query image in class 'c00', which has 600 "
+      "images; lower --num_tr_examples_per_class (K) to at most 599.")
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -145,6 +148,33 @@ def test_construction_errors(kwargs, message):
   args.update(kwargs)
   with pytest.raises(ValueError, match=message):
     episodes.EpisodeSampler(split, **args)
+
+
+def test_too_small_classes_say_which_flag_values_fit():
+  # The case: --num_tr_examples_per_class=590 with V = 15 on 600 images per
+  # class; 600 - 590 = 10 queries fit, or 600 - 15 = 585 shots.
+  with pytest.raises(ValueError) as info:
+    episodes.EpisodeSampler(_split([600, 610]), 2, 590, 15, seed=0, stream="train")
+  assert str(info.value) == (
+      "<test>: class 'c00' has 600 images, fewer than K + V = 590 + 15 = 605 (the smallest of 1 "
+      "class(es) too small); lower --num_val_examples_per_class (V) to at most 10 or "
+      "--num_tr_examples_per_class (K) to at most 585.")
+
+
+@pytest.mark.parametrize("k,v,message", [
+    # Sizes 10, 9, 4, 8, 12: the smallest class, c02, holds 4 images.
+    (1, 7, "class 'c02' has 4 images, fewer than K + V = 1 + 7 = 8 (the smallest of 1 class(es) "
+           "too small); lower --num_val_examples_per_class (V) to at most 3."),
+    (5, 2, "class 'c02' has 4 images, fewer than K + V = 5 + 2 = 7 (the smallest of 1 class(es) "
+           "too small); lower --num_tr_examples_per_class (K) to at most 2."),
+    (5, 5, "class 'c02' has 4 images, fewer than K + V = 5 + 5 = 10 (the smallest of 3 "
+           "class(es) too small); lower --num_tr_examples_per_class (K) and "
+           "--num_val_examples_per_class (V) to K + V <= 4."),
+])
+def test_too_small_classes_name_only_the_flags_that_can_fix_it(k, v, message):
+  with pytest.raises(ValueError) as info:
+    episodes.EpisodeSampler(_split([10, 9, 4, 8, 12]), 5, k, v, seed=0, stream="train")
+  assert str(info.value) == "<test>: " + message
 
 
 def test_bad_step_and_batch_size():

@@ -137,3 +137,28 @@ def test_command_line_entry_point(tmp_path):
   split = emb.load_split(DataConfig(data_path=str(tmp_path), dataset_name="synthetic"), "val",
                          embedding_dim=32)
   assert split.num_classes == 5 and split.num_images == 100
+  folder = os.path.join(str(tmp_path), "synthetic", "center")
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("Generated in ")
+  assert lines[-1] == (f"Wrote {folder}; use data_path={tmp_path} dataset_name=synthetic "
+                       "embedding_dim=32.")
+
+  # The same command again keeps the files, and its last line says so (no "Wrote").
+  again = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+  assert again.returncode == 0, again.stderr
+  lines = again.stdout.splitlines()
+  assert lines[0] == ("Files exist with the same settings: not regenerated (pass --overwrite "
+                      "to force).")
+  assert lines[-1] == (f"Kept {folder} (already generated with these settings); use "
+                       f"data_path={tmp_path} dataset_name=synthetic embedding_dim=32.")
+  assert "Wrote" not in again.stdout
+
+
+def test_where_line_names_embedding_dim_only_when_not_640():
+  info = {"settings": {"embedding_dim": 640}, "skipped": False}
+  assert synthetic.where_line(info, "data/embeddings") == (
+      "Wrote data/embeddings/synthetic/center; use data_path=data/embeddings "
+      "dataset_name=synthetic.")
+  assert synthetic.where_line(dict(info, skipped=True), "data/embeddings") == (
+      "Kept data/embeddings/synthetic/center (already generated with these settings); use "
+      "data_path=data/embeddings dataset_name=synthetic.")

@@ -3,6 +3,7 @@
 import dataclasses
 import os
 
+from absl import flags
 import pytest
 
 from leo_tf.images import omniglot_pipeline
@@ -29,13 +30,60 @@ def test_results_table_and_goals():
   assert goals[2].startswith("LEO above Meta-SGD on 20way1shot, disjoint 95% intervals: met")
 
 
+def _parsed(*args):
+  """The pipeline's flags parsed from `args` into a fresh FlagValues."""
+  flag_values = flags.FlagValues()
+  omniglot_pipeline.define_flags(flag_values)
+  flag_values(["omniglot_pipeline", *args])
+  return flag_values
+
+
+def test_quick_flag_gives_quick_config_under_output_dir():
+  config = omniglot_pipeline.config_from_flags(
+      _parsed("--quick", "--data_dir=/d/omniglot", "--output_dir=/tmp/q", "--flagfile_dir=/r"))
+  assert config == omniglot_pipeline.quick_config("/d/omniglot", "/tmp/q", flagfile_dir="/r")
+  assert (config.embeddings_path, config.output_dir) == ("/tmp/q/embeddings", "/tmp/q/runs")
+  assert (config.settings, config.models, config.figure_settings, config.figure_tasks) == (
+      ("5way1shot",), ("leo",), ("5way1shot",), 100)
+  assert config.pretrain.epochs == 2 and config.pretrain.max_classes == 1200
+  assert config.pretrain.output_path == "/tmp/q/embeddings"
+  # Without --output_dir it keeps away from the full run's runs/omniglot.
+  default = omniglot_pipeline.config_from_flags(_parsed("--quick", "--overwrite_embeddings"))
+  assert default == dataclasses.replace(
+      omniglot_pipeline.quick_config("../shared/data/omniglot", "runs/omniglot_quick"),
+      overwrite_embeddings=True)
+
+
+def test_without_quick_flags_give_the_full_pipeline():
+  config = omniglot_pipeline.config_from_flags(
+      _parsed("--output_dir=/o", "--pretrain_epochs=3", "--settings=20way1shot",
+              "--models=leo,metasgd", "--ablations=", "--extra_flags=--num_steps_limit=10"))
+  assert config == omniglot_pipeline.PipelineConfig(
+      output_dir="/o", pretrain=dataclasses.replace(omniglot_pipeline.OMNIGLOT_PRETRAIN, epochs=3),
+      settings=("20way1shot",), models=("leo", "metasgd"), ablations=(),
+      extra_flags=("--num_steps_limit=10",))
+  assert omniglot_pipeline.config_from_flags(_parsed()) == omniglot_pipeline.PipelineConfig()
+
+
+def test_quick_refuses_the_flags_it_sets_itself():
+  with pytest.raises(ValueError) as info:
+    omniglot_pipeline.config_from_flags(_parsed("--quick", "--settings=20way1shot",
+                                                "--pretrain_epochs=5"))
+  assert str(info.value) == ("--quick runs quick_config(), which sets --pretrain_epochs, "
+                             "--settings itself; drop them, or drop --quick to choose them.")
+  with pytest.raises(ValueError) as info:
+    omniglot_pipeline.config_from_flags(_parsed("--quick", "--figure_tasks=0"))
+  assert str(info.value) == ("--quick runs quick_config(), which sets --figure_tasks itself; "
+                             "drop it, or drop --quick to choose it.")
+
 
 @needs_data
 def test_reduced_pipeline_reaches_a_floor_a_broken_one_cannot(tmp_path):
-  # Stage 1 on a subset, LEO 5-way 1-shot briefly, then figure 4 on 100 tasks.
-  # About a minute on 2 idle cores (stage 1: two epochs over 24,000 images).
+  # quick_config (--quick): stage 1 on a subset, LEO 5-way 1-shot briefly, then
+  # figure 4 on 100 tasks. About a minute on 2 idle cores (stage 1: two epochs
+  # over 24,000 images).
   config = omniglot_pipeline.quick_config(DATA, str(tmp_path), flagfile_dir=REPO)
-  config = dataclasses.replace(config, figure_tasks=100, figure_settings=("5way1shot",))
+  assert (config.figure_tasks, config.figure_settings) == (100, ("5way1shot",))
   summary = omniglot_pipeline.run(config)
   (result,) = summary["results"]
   assert result["setting"] == "5way1shot" and result["model"] == "leo"

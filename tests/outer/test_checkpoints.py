@@ -2,6 +2,7 @@
 resume check of config.json, and evaluation without a checkpoint."""
 
 import dataclasses
+import errno
 import json
 import os
 
@@ -91,3 +92,25 @@ def test_a_config_json_that_predates_a_setting_resumes_with_its_default(tmp_path
                                                                   max_weights_stddev=10.0))
   with pytest.raises(ValueError, match=r"max_weights_stddev: 0.0 -> 10.0"):
     checkpoints.check_resume_config(config.outer.checkpoint_path, bounded)
+
+
+def test_an_evaluation_of_another_size_never_replaces_the_results_file(tmp_path):
+  folder = str(tmp_path)
+  first = checkpoints.results_path(folder, "test", 2000)
+  assert first == os.path.join(folder, "results_test.json")
+  checkpoints.write_results(first, {"num_tasks": 2000, "mean_accuracy": 0.9})
+  assert checkpoints.results_path(folder, "test", 2000) == first  # the same evaluation again
+  assert checkpoints.results_path(folder, "test", 500) == os.path.join(
+      folder, "results_test_500tasks.json")
+  assert checkpoints.results_path(folder, "val", 500) == os.path.join(folder, "results_val.json")
+
+
+def test_results_that_cannot_be_written_say_where_to_write_them(tmp_path, monkeypatch):
+  def read_only(path, data):
+    raise OSError(errno.EROFS, "Read-only file system", path)
+
+  monkeypatch.setattr(checkpoints.atomic, "write_json_atomically", read_only)
+  with pytest.raises(OSError, match=r"could not write the results to .*results_test.json "
+                                    r"\(Read-only file system\); they are printed above. Pass "
+                                    r"--results_dir="):
+    checkpoints.write_results(str(tmp_path / "results_test.json"), {"num_tasks": 1})

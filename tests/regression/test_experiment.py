@@ -27,7 +27,7 @@ def _run_config(path, small_config, **overrides):
                       jit_compile=False)
   settings = dict(model=dataclasses.replace(small_config, hidden_units=(10, 10), num_latents=4),
                   maml=maml_lib.MAMLConfig(hidden_units=(10, 10), num_inner_steps=2),
-                  outer=outer, maml_num_steps_limit=40, maml_outer_lr=1e-2, num_eval_samples=10,
+                  outer=outer, maml_steps_ratio=1.5, maml_outer_lr=1e-2, num_eval_samples=10,
                   num_valid_samples=4, num_eval_points=15, summary_steps=20, progress=False)
   settings.update(overrides)
   return experiment.RegressionRunConfig(**settings)
@@ -55,6 +55,9 @@ def test_short_run_lowers_the_mse_and_writes_everything(trained_run):
   assert 0.0 <= results["leo"]["coverage90"]["mean"] <= 1.0
   assert results["leo"]["nonfinite_tasks"] == 0
   assert results["training"]["leo"]["steps_run"] == 40
+  # One limit for both: MAML trains maml_steps_ratio x num_steps_limit steps, and says so.
+  assert results["training"]["maml"]["steps_run"] == 60
+  assert (results["leo"]["steps_trained"], results["maml"]["steps_trained"]) == (40, 60)
   with open(os.path.join(path, "results_test.json")) as f:
     assert json.load(f)["leo_vs_maml"]["mse_ratio"] == results["leo_vs_maml"]["mse_ratio"]
   with open(os.path.join(path, "figure3.png"), "rb") as f:
@@ -70,15 +73,17 @@ def test_short_run_lowers_the_mse_and_writes_everything(trained_run):
     experiment.train(other)
 
 
-def test_summaries_accept_values_beyond_float32(tmp_path):
-  # A diverged MAML's validation MSE (1e300) once stopped training with a ValueError;
-  # the classification and regression runs share this writer (outer.progress).
-  writer = tf.summary.create_file_writer(str(tmp_path))
-  progress.write_summaries(writer, 1, {"mse": 1e300, "ok": 2.5})
-  writer.flush()
-  values = {}
-  for name in os.listdir(tmp_path):
-    for event in tf.compat.v1.train.summary_iterator(os.path.join(tmp_path, name)):
-      for v in event.summary.value:
-        values[v.tag] = float(tf.make_ndarray(v.tensor))
-  assert values == {"mse": math.inf, "ok": 2.5}
+def test_maml_steps_follow_the_one_step_limit(tmp_path, small_config):
+  config = _run_config(tmp_path, small_config, maml_steps_ratio=2.5)
+  assert config.outer_config("leo").num_steps_limit == 40
+  assert config.outer_config("maml").num_steps_limit == 100
+  shorter = dataclasses.replace(config, outer=dataclasses.replace(config.outer, num_steps_limit=8))
+  assert shorter.outer_config("maml").num_steps_limit == 20
+  # A config.json written before the ratio (MAML's steps as a number) reads as that ratio.
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved["maml_steps_ratio"]
+  saved["maml_num_steps_limit"] = 100
+  assert experiment.RegressionRunConfig.from_dict(saved) == config
+  with pytest.raises(ValueError, match="maml_steps_ratio must be > 0"):
+    _run_config(tmp_path, small_config, maml_steps_ratio=0.0)
+

@@ -203,6 +203,25 @@ _NAN_SUPPORT = _GOOD_SUPPORT.copy()
 _NAN_SUPPORT[1, 0, 5] = np.nan
 _INF_QUERY = _GOOD_QUERY.copy()
 _INF_QUERY[2, 7] = np.inf
+_ZERO_SUPPORT = _GOOD_SUPPORT.copy()
+_ZERO_SUPPORT[1, 1] = 0.0  # class 1, example 1
+_ZERO_QUERY = _GOOD_QUERY.copy()
+_ZERO_QUERY[2] = 0.0
+_ZERO_QUERY[3] = 0.0
+_NAN_AND_ZERO_SUPPORT = _ZERO_SUPPORT.copy()
+_NAN_AND_ZERO_SUPPORT[2, 0, 3] = np.nan
+_RANK_SUPPORT = (
+    f"support must be rank 3, [N, K, D] with D = {D}: N classes, K examples of each; for one "
+    "example per class send [N, 1, D].")
+_RANK_QUERY = (f"query must be rank 2, [Q, D] with D = {D}: one row per example to classify; "
+               "for a single query send [1, D].")
+_ZERO = ("{} has an all-zero embedding (L2 norm below 1e-6), which cannot be L2-normalised; "
+         "send embeddings with non-zero values.")
+
+
+def _exactly(*parts):
+  """The whole message of a failed tf.debugging.Assert with these data, as a regex."""
+  return "^" + re.escape(" ".join(f"[{part}]" for part in parts)) + r"\n"
 
 
 @pytest.mark.parametrize("support, query, message", [
@@ -215,8 +234,22 @@ _INF_QUERY[2, 7] = np.inf
     (_GOOD_SUPPORT[:1], _GOOD_QUERY, r"fewer than 2 classes; a task needs N >= 2"),
     (_NAN_SUPPORT, _GOOD_QUERY, r"support contains NaN or Inf"),
     (_GOOD_SUPPORT, _INF_QUERY, r"query contains NaN or Inf"),
+    # Forgetting the K axis of a 1-shot task: [N, D] instead of [N, 1, D].
+    (_GOOD_SUPPORT[:, 0], _GOOD_QUERY,
+     _exactly(_RANK_SUPPORT, "support shape:", f"3 {D}")),
+    (np.zeros((3, 2, 1, D), np.float32), _GOOD_QUERY,
+     _exactly(_RANK_SUPPORT, "support shape:", f"3 2 1 {D}")),
+    (_GOOD_SUPPORT, _GOOD_QUERY[None], _exactly(_RANK_QUERY, "query shape:", f"1 4 {D}")),
+    (_GOOD_SUPPORT, _GOOD_QUERY[0], _exactly(_RANK_QUERY, "query shape:", f"{D}")),
+    # The first problem is the one reported: support's rank before query's rank and D.
+    (_GOOD_SUPPORT[:, 0, :5], _GOOD_QUERY[0], _exactly(_RANK_SUPPORT, "support shape:", "3 5")),
+    (_ZERO_SUPPORT, _GOOD_QUERY, _exactly(_ZERO.format("support"), "[n, k] of the first:", "[1 1]")),
+    (_GOOD_SUPPORT, _ZERO_QUERY, _exactly(_ZERO.format("query"), "[q] of the first:", "[2]")),
+    # NaN before zero: a support with both reports the NaN.
+    (_NAN_AND_ZERO_SUPPORT, _GOOD_QUERY, r"support contains NaN or Inf"),
 ], ids=["support_d", "query_d", "no_classes", "no_examples", "one_class", "nan_support",
-        "inf_query"])
+        "inf_query", "support_without_k", "support_rank_4", "query_rank_3", "query_rank_1",
+        "support_rank_first", "zero_support", "zero_query", "nan_before_zero"])
 @pytest.mark.parametrize("signature", ["serving_default", "generate"])
 def test_bad_requests_fail_with_clear_messages(exported, signature, support, query, message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
