@@ -5,14 +5,11 @@ flagfile; summaries of a diverged run.
 
 import dataclasses
 import json
-import math
 import os
 
 import pytest
-import tensorflow as tf
 
 from leo_tf.core.config import OuterConfig
-from leo_tf.outer import progress
 from leo_tf.regression import evaluation
 from leo_tf.regression import experiment
 from leo_tf.regression import maml as maml_lib
