@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from leo_tf.outer import progress
+from leo_tf.serving import publish
 
 # (name, N, K, Q): the cases timed.
 CASES = (("5-way 1-shot", 5, 1, 75), ("5-way 5-shot", 5, 5, 75))
@@ -46,8 +46,7 @@ def latest_version_dir(export_dir: str) -> str:
   if not os.path.isdir(export_dir):
     raise FileNotFoundError(f"--export_dir {export_dir!r} is not a folder; pass the model base "
                             "path that python -m leo_tf.export wrote, or a version in it.")
-  found = sorted(int(name) for name in os.listdir(export_dir)
-                 if re.fullmatch(r"[0-9]+", name) and os.path.isdir(os.path.join(export_dir, name)))
+  found = publish.versions(export_dir)
   if not found:
     raise FileNotFoundError(
         f"No version folder (<integer>/saved_model.pb) in {export_dir!r}; export one with "
