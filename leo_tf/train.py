@@ -20,6 +20,7 @@ from absl import flags
 from leo_tf import command_line
 from leo_tf.classification import experiment as classification_experiment
 from leo_tf.outer import distribute
+from leo_tf.outer import fit
 from leo_tf.outer import progress
 from leo_tf.regression import experiment as regression_experiment
 
@@ -47,6 +48,8 @@ def main(argv):
         from leo_tf.serving import export  # pylint: disable=g-import-not-at-top
         version_dir = export.export_checkpoint(FLAGS.checkpoint_path, FLAGS.export_dir)
         print(f"Exported the best checkpoint to {version_dir}", flush=True)
+  except fit.Interrupted as e:  # the message is printed; the checkpoint is written
+    sys.exit(128 + e.signum)  # as a process killed by that signal reports it
   except (ValueError, OSError) as e:
     # Bad data or settings found at start (missing files, K + V larger than a
     # class, N larger than the split, a checkpoint_path of another run, ...).

@@ -1,8 +1,10 @@
 """The training command `python -m leo_tf.train`, end to end in subprocesses: bad flags
-fail at start, and a run killed with kill -9 and restarted ends as an uninterrupted one."""
+fail at start, and a run killed with kill -9, or stopped by SIGTERM or SIGINT, and restarted
+ends as an uninterrupted one."""
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,26 +48,101 @@ def _train_command(data, checkpoint_path, steps):
           "--progress=false", "--summary_steps=1"]
 
 
-def test_kill_9_then_restart_matches_an_uninterrupted_run(data_path, tmp_path):
-  steps = 400
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(_train_command(data_path, killed, steps), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  while time.time() < deadline and not glob.glob(str(killed / "ckpt" / "ckpt-10.index")):
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+STEPS = 400
+
+
+@pytest.fixture(scope="module")
+def straight_weights(data_path, tmp_path_factory):
+  """The final weights of the uninterrupted run the interrupted ones must end with."""
+  straight = tmp_path_factory.mktemp("straight")
+  subprocess.run(_train_command(data_path, straight, STEPS), cwd=REPO, env=ENV, check=True,
+                 capture_output=True, timeout=600)
+  return _latest_weights(str(straight))
+
+
+def _wait_for(path_pattern, proc, seconds=120):
+  deadline = time.time() + seconds
+  while time.time() < deadline and not glob.glob(path_pattern) and proc.poll() is None:
     time.sleep(0.05)
+
+
+def test_kill_9_then_restart_matches_an_uninterrupted_run(data_path, straight_weights, tmp_path):
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_train_command(data_path, killed, STEPS), cwd=REPO, env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for(str(killed / "ckpt" / "ckpt-10.index"), proc)
   proc.send_signal(signal.SIGKILL)  # kill -9, mid-run
   proc.wait(timeout=30)
   assert glob.glob(str(killed / "ckpt" / "ckpt-*.index")), "no checkpoint before the kill"
   latest = tf.train.latest_checkpoint(str(killed / "ckpt"))
-  assert latest is not None and not latest.endswith(f"ckpt-{steps}"), latest
-  subprocess.run(_train_command(data_path, killed, steps), cwd=REPO, env=env, check=True,
+  assert latest is not None and not latest.endswith(f"ckpt-{STEPS}"), latest
+  subprocess.run(_train_command(data_path, killed, STEPS), cwd=REPO, env=ENV, check=True,
                  capture_output=True, timeout=600)
+  a, b = straight_weights, _latest_weights(str(killed))
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_restart_matches(data_path,
+                                                                      straight_weights, tmp_path):
+  stopped = tmp_path / "stopped"
+  proc = subprocess.Popen(_train_command(data_path, stopped, STEPS), cwd=REPO, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _wait_for(str(stopped / "ckpt" / "ckpt-10.index"), proc)
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)  # what a scheduler sends before preempting
+  output, _ = proc.communicate(timeout=60)
+  assert time.time() - sent < 10, "did not stop within a few seconds"
+  assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+  found = re.search(r"Training stopped by SIGTERM at step (\d+); the checkpoint (\S+) holds "
+                    r"everything to continue: run the same command again.", output)
+  assert found, output[-2000:]
+  step = int(found.group(1))
+  assert 10 <= step < STEPS
+  # The checkpoint is of the step it stopped at, not only the last periodic one.
+  assert tf.train.latest_checkpoint(str(stopped / "ckpt")).endswith(f"ckpt-{step}")
+  assert found.group(2).endswith(f"ckpt-{step}")
+  assert "meta-test accuracy" not in output  # it stopped; nothing was evaluated
+  restarted = subprocess.run(_train_command(data_path, stopped, STEPS), cwd=REPO, env=ENV,
+                             check=True, capture_output=True, text=True, timeout=600)
+  assert f"Resuming at step {step} of {STEPS}" in restarted.stdout
+  b = _latest_weights(str(stopped))
+  for name in straight_weights:
+    np.testing.assert_array_equal(straight_weights[name], b[name], err_msg=name)
+
+
+def _regression_command(checkpoint_path, steps):
+  return [sys.executable, "-m", "leo_tf.train", "--flagfile=sines.flags",
+          "--regression_model=leo", f"--num_steps_limit={steps}", "--checkpoint_steps=10",
+          "--metatrain_batch_size=4", "--num_metavalid_tasks=10", "--metavalid_batch_size=10",
+          "--num_metatest_tasks=10", "--metatest_batch_size=10",
+          "--regression_num_valid_samples=2", "--regression_num_eval_samples=2",
+          "--regression_num_eval_points=10", "--summary_steps=1", "--progress=false",
+          # Small and uncompiled: the test is about stopping and resuming, not the model.
+          "--num_latents=4", "--inner_unroll_length=1", "--nojit_compile",
+          f"--checkpoint_path={checkpoint_path}"]
+
+
+def test_sigint_stops_a_regression_run_and_the_restart_matches(tmp_path):
+  steps = 200
   straight = tmp_path / "straight"
-  subprocess.run(_train_command(data_path, straight, steps), cwd=REPO, env=env, check=True,
+  subprocess.run(_regression_command(straight, steps), cwd=REPO, env=ENV, check=True,
                  capture_output=True, timeout=600)
-  a, b = _latest_weights(str(straight)), _latest_weights(str(killed))
+  stopped = tmp_path / "stopped"
+  proc = subprocess.Popen(_regression_command(stopped, steps), cwd=REPO, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _wait_for(str(stopped / "leo" / "ckpt" / "ckpt-10.index"), proc)
+  proc.send_signal(signal.SIGINT)  # Ctrl-C
+  output, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 128 + signal.SIGINT, output[-2000:]
+  found = re.search(r"\[leo\] Training stopped by SIGINT at step (\d+)", output)
+  assert found and int(found.group(1)) < steps, output[-2000:]
+  assert "Traceback" not in output and "KeyboardInterrupt" not in output
+  subprocess.run(_regression_command(stopped, steps), cwd=REPO, env=ENV, check=True,
+                 capture_output=True, timeout=600)
+  a = _latest_weights(str(straight / "leo"))
+  b = _latest_weights(str(stopped / "leo"))
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 

@@ -8,14 +8,22 @@ meta-validation (the problem's own scoring, judged by the learner's Score), the
 best checkpoint replaced atomically when it improves, the latest checkpoint,
 and early stopping after `early_stopping_patience` evaluations without
 improvement. The step's stateless seed is seeds.step_seed(seed, step).
+
+SIGTERM (what a cluster scheduler sends before it preempts a job) and SIGINT
+(Ctrl-C) stop the loop after the step in progress: it writes the latest
+checkpoint at that step and raises Interrupted, so the same command started
+again continues from there and ends with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
-from typing import Callable, Iterable, Mapping, NamedTuple
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -59,6 +67,35 @@ class FitReport:
   train_seconds: float  # wall time of this call's steps and validations
   train_cpu_seconds: float  # CPU seconds of all the process's threads meanwhile
   weights_checksum: float  # sum of |w| over the meta-variables
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal, after writing a checkpoint at `step`."""
+
+  def __init__(self, signum: int, step: int, checkpoint: str):
+    self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    name = signal.Signals(signum).name
+    super().__init__(f"stopped by {name} at step {step}; the checkpoint {checkpoint} holds "
+                     "everything to continue: run the same command again.")
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+  """While open, SIGTERM and SIGINT are recorded in the yielded list instead of acting.
+
+  Signals can only be caught in the main thread; elsewhere (a test runner's
+  worker thread) the list stays empty and the signals act as usual.
+  """
+  requested: list[int] = []
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      previous[signum] = signal.signal(signum, lambda number, frame: requested.append(number))
+  try:
+    yield requested
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 def weights_checksum(variables) -> float:
@@ -124,43 +161,52 @@ def fit(run: RunState, train_step, batches: Callable[[int], Iterable],
   step = start
   stopped_early = False
   rates = run.model.learned_rates
-  if step < o.num_steps_limit:
-    for batch in batches(step):
-      pending.append(train_step(batch, seeds.step_seed(o.seed, step)))
-      step += 1
-      run.step.assign(step)
-      if step == start + 1:
-        progress.restart_clock(step)  # the first step compiled: leave it out of the ETA
-      if step % spec.summary_steps == 0 or step == o.num_steps_limit:
-        means = {name: float(np.mean([m[name].numpy() for m in pending])) for name in pending[0]}
-        interval = len(pending)
-        num_fallbacks = int(round(means["fallback"] * interval))
-        fallbacks += num_fallbacks
-        means["fallback"] = float(num_fallbacks)  # count in the interval
-        for name, rate in rates.items():
-          means[f"{name}_mean"] = float(tf.reduce_mean(rate).numpy())
-        progress_lib.write_summaries(train_writer, step, means)
-        with train_writer.as_default(step=step):
+  with _stop_requests() as stop_requests:
+    if step < o.num_steps_limit:
+      for batch in batches(step):
+        pending.append(train_step(batch, seeds.step_seed(o.seed, step)))
+        step += 1
+        run.step.assign(step)
+        if step == start + 1:
+          progress.restart_clock(step)  # the first step compiled: leave it out of the ETA
+        if step % spec.summary_steps == 0 or step == o.num_steps_limit:
+          means = {name: float(np.mean([m[name].numpy() for m in pending])) for name in pending[0]}
+          interval = len(pending)
+          num_fallbacks = int(round(means["fallback"] * interval))
+          fallbacks += num_fallbacks
+          means["fallback"] = float(num_fallbacks)  # count in the interval
           for name, rate in rates.items():
-            tf.summary.histogram(name, rate)
-        pending.clear()
-        text = spec.describe(means)
-        if num_fallbacks:
-          text += f" NaN fallback {num_fallbacks}/{interval}"
-          if not warned_nan:
-            warned_nan = True
-            progress.message(
-                f"{prefix}Step {step}: a meta-batch had a NaN or Inf loss or gradient; its "
-                f"update was the L2 fallback's. If this goes on, training has stalled: "
-                f"{spec.nan_hint}.")
-        progress.update(step, text)
-      if step % o.checkpoint_steps == 0 or step == o.num_steps_limit:
-        stopped_early = validation(step)
-        run.save_latest()
-        if stopped_early:
-          progress.message(f"{prefix}Early stopping at step {step}: no better meta-validation "
-                           f"{score.label} in {o.early_stopping_patience} evaluations.")
-          break
+            means[f"{name}_mean"] = float(tf.reduce_mean(rate).numpy())
+          progress_lib.write_summaries(train_writer, step, means)
+          with train_writer.as_default(step=step):
+            for name, rate in rates.items():
+              tf.summary.histogram(name, rate)
+          pending.clear()
+          text = spec.describe(means)
+          if num_fallbacks:
+            text += f" NaN fallback {num_fallbacks}/{interval}"
+            if not warned_nan:
+              warned_nan = True
+              progress.message(
+                  f"{prefix}Step {step}: a meta-batch had a NaN or Inf loss or gradient; its "
+                  f"update was the L2 fallback's. If this goes on, training has stalled: "
+                  f"{spec.nan_hint}.")
+          progress.update(step, text)
+        checkpoint_step = step % o.checkpoint_steps == 0 or step == o.num_steps_limit
+        if checkpoint_step:
+          stopped_early = validation(step)
+          run.save_latest()
+          if stopped_early:
+            progress.message(f"{prefix}Early stopping at step {step}: no better meta-validation "
+                             f"{score.label} in {o.early_stopping_patience} evaluations.")
+            break
+        if stop_requests:  # SIGTERM or SIGINT arrived during this step
+          checkpoint = run.manager.latest_checkpoint if checkpoint_step else run.save_latest()
+          train_writer.flush()
+          valid_writer.flush()
+          interrupted = Interrupted(stop_requests[0], step, checkpoint)
+          progress.message(f"{prefix}Training {interrupted}")
+          raise interrupted
   seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
   train_writer.flush()
   valid_writer.flush()

@@ -53,16 +53,18 @@ _INPUT_SIGNATURE = (
 # tf.nn.l2_normalize divides by max(|x|^2, epsilon)^(1/2): an embedding of squared
 # norm below it (all zeros) is not made a unit vector, and gives uniform probabilities.
 _L2_EPSILON = 1e-12
+_SHOWN = 8  # entries of each tensor that a failed check prints: shapes up to rank 8
 
 
 def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int
                   ) -> tuple[tf.Tensor, tf.Tensor]:
   """Checks a request in the graph; returns the inputs with static shapes.
 
-  The checks run in this order, each after the previous one (so the first
-  problem is the one reported): rank of support, rank of query, D of support,
-  D of query, empty support, N >= 2, finite support, finite query, no all-zero
-  support embedding, no all-zero query embedding. Every later op depends on them.
+  The checks run in this order, each once the previous one has passed (so the
+  first problem is the one reported): rank of support, rank of query, D of
+  support, D of query, empty support, N >= 2, finite support, finite query, no
+  all-zero support embedding, no all-zero query embedding. Every later op
+  depends on them.
 
   Args:
     support: float32 [N, K, D'] as received (any rank).
@@ -77,68 +79,64 @@ def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int
     what to send instead.
   """
   d = embedding_dim
-  support_shape = tf.shape(support, out_type=tf.int64)  # [rank]: N, K, D' when rank 3
-  query_shape = tf.shape(query, out_type=tf.int64)  # [rank]: Q, D' when rank 2
-  # The slices and reductions below are made inside the checks' control
-  # dependencies, so that they only run on inputs of the right rank.
+  zero = ("{} has an all-zero embedding (L2 norm below 1e-6), which cannot be L2-normalised; "
+          "send embeddings with non-zero values.")
+  # Each check reads (support, query) as passed on by the one before it. The
+  # data of the Asserts are strings and int32 tensors: plain Assert ops, not ones
+  # inside a tf.cond.
   checks = [
-      lambda: tf.debugging.Assert(
-          tf.equal(tf.rank(support), 3),
-          [f"support must be rank 3, [N, K, D] with D = {d}: N classes, K examples of each; "
-           "for one example per class send [N, 1, D].", "support shape:", support_shape]),
-      lambda: tf.debugging.Assert(
-          tf.equal(tf.rank(query), 2),
-          [f"query must be rank 2, [Q, D] with D = {d}: one row per example to classify; "
-           "for a single query send [1, D].", "query shape:", query_shape]),
-      lambda: tf.debugging.Assert(
-          tf.equal(support_shape[2], d),
-          [f"support must be [N, K, D] with D = {d}, the embedding size this model was trained "
-           f"on; send embeddings of size {d}.", "support shape:", support_shape]),
-      lambda: tf.debugging.Assert(
-          tf.equal(query_shape[1], d),
-          [f"query must be [Q, D] with D = {d}, the embedding size this model was trained on; "
-           f"send embeddings of size {d}.", "query shape:", query_shape]),
-      lambda: tf.debugging.Assert(
-          support_shape[0] * support_shape[1] > 0,
-          ["support is empty (N = 0 classes or K = 0 examples per class); send [N, K, D] with "
-           "N >= 2 classes and K >= 1 examples of each.", "support shape:", support_shape]),
-      lambda: tf.debugging.Assert(
-          support_shape[0] >= 2,
-          ["support has fewer than 2 classes; a task needs N >= 2 classes, one per row of "
-           "support [N, K, D].", "support shape:", support_shape]),
-      lambda: tf.debugging.assert_all_finite(
-          support, message="support contains NaN or Inf; send finite embeddings"),
-      lambda: tf.debugging.assert_all_finite(
-          query, message="query contains NaN or Inf; send finite embeddings"),
-      lambda: _assert_nonzero_rows(
-          support, "support has an all-zero embedding (L2 norm below 1e-6), which cannot be "
-          "L2-normalised; send embeddings with non-zero values.", "[n, k] of the first:"),
-      lambda: _assert_nonzero_rows(
-          query, "query has an all-zero embedding (L2 norm below 1e-6), which cannot be "
-          "L2-normalised; send embeddings with non-zero values.", "[q] of the first:"),
+      lambda s, q: tf.debugging.Assert(tf.equal(tf.rank(s), 3), [
+          f"support must be rank 3, [N, K, D] with D = {d}: N classes, K examples of each; "
+          "for one example per class send [N, 1, D].", "support shape:", tf.shape(s)], _SHOWN),
+      lambda s, q: tf.debugging.Assert(tf.equal(tf.rank(q), 2), [
+          f"query must be rank 2, [Q, D] with D = {d}: one row per example to classify; for a "
+          "single query send [1, D].", "query shape:", tf.shape(q)], _SHOWN),
+      lambda s, q: tf.debugging.Assert(tf.equal(tf.shape(s)[2], d), [  # [N, K, D'] -> D'
+          f"support must be [N, K, D] with D = {d}, the embedding size this model was trained "
+          f"on; send embeddings of size {d}.", "support shape:", tf.shape(s)], _SHOWN),
+      lambda s, q: tf.debugging.Assert(tf.equal(tf.shape(q)[1], d), [  # [Q, D'] -> D'
+          f"query must be [Q, D] with D = {d}, the embedding size this model was trained on; "
+          f"send embeddings of size {d}.", "query shape:", tf.shape(q)], _SHOWN),
+      lambda s, q: tf.debugging.Assert(tf.size(s) > 0, [  # N K D, with D = d > 0 checked
+          "support is empty (N = 0 classes or K = 0 examples per class); send [N, K, D] with "
+          "N >= 2 classes and K >= 1 examples of each.", "support shape:", tf.shape(s)], _SHOWN),
+      lambda s, q: tf.debugging.Assert(tf.shape(s)[0] >= 2, [  # [N, K, D] -> N
+          "support has fewer than 2 classes; a task needs N >= 2 classes, one per row of "
+          "support [N, K, D].", "support shape:", tf.shape(s)], _SHOWN),
+      lambda s, q: tf.debugging.check_numerics(
+          s, message="support contains NaN or Inf; send finite embeddings"),
+      lambda s, q: tf.debugging.check_numerics(
+          q, message="query contains NaN or Inf; send finite embeddings"),
+      lambda s, q: _assert_nonzero(s, zero.format("support"), "[n, k] of the first:"),
+      lambda s, q: _assert_nonzero(q, zero.format("query"), "[q] of the first:"),
   ]
-  done = []
   for check in checks:
-    with tf.control_dependencies(done):
-      result = check()
-    done = [result]
-  with tf.control_dependencies(done):
-    support = tf.ensure_shape(tf.identity(support), [None, None, d])  # [N, K, D]
-    query = tf.ensure_shape(tf.identity(query), [None, d])  # [Q, D]
+    # The next check reads these identities, so its shapes, slices and reductions
+    # run only on inputs that passed the checks before it (tf.shape(s)[2] only on
+    # a rank-3 support).
+    with tf.control_dependencies([check(support, query)]):
+      support, query = tf.identity(support), tf.identity(query)
+  # Static shapes for what follows, set by reshapes (no-ops on a checked request).
+  # Not tf.ensure_shape: grappler's shape inference carries its shape back to the
+  # inputs, and constant folding then ran tf.shape(support)[2] of a rank-2
+  # support before the rank check (slice index 2 of dimension 0 out of bounds).
+  num_classes, num_examples = tf.unstack(tf.shape(support)[:2], num=2)  # [N, K, D] -> N, K
+  support = tf.reshape(support, [num_classes, num_examples, d])  # [N, K, D]
+  query = tf.reshape(query, [-1, d])  # [Q, D]
   return support, query
 
 
-def _assert_nonzero_rows(x: tf.Tensor, message: str, where: str) -> tf.Operation:
+def _assert_nonzero(x: tf.Tensor, message: str, where: str) -> tf.Operation:
   """Asserts that every embedding (last axis) of x [..., D] has |x|^2 >= _L2_EPSILON.
 
-  The message is followed by `where` and the index of the first zero
-  embedding (an index into x's leading axes, e.g. [n, k] of support [N, K, D]).
+  The error prints message, where, and the index of the first zero embedding
+  into x's leading axes (int32 [1, rank - 1]: [[n k]] of support, [[q]] of query).
   """
-  squared_norm = tf.reduce_sum(tf.square(x), axis=-1)  # [..., D] -> [...]
-  nonzero = squared_norm >= _L2_EPSILON  # [...]
-  first_zero = tf.where(tf.logical_not(nonzero))[:1]  # [M, rank - 1] -> [<= 1, rank - 1]
+  nonzero = tf.reduce_sum(tf.square(x), axis=-1) >= _L2_EPSILON  # [..., D] -> [...]
   every = tf.reduce_all(nonzero, axis=None)  # [...] -> [], over every embedding
-  return tf.debugging.Assert(every, [message, where, first_zero])
+  # [M, rank - 1] (M zero embeddings) -> [min(M, 1), rank - 1]
+  first = tf.cast(tf.where(tf.logical_not(nonzero))[:1], tf.int32)
+  return tf.debugging.Assert(every, [message, where, first], _SHOWN)
 
 
 def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool

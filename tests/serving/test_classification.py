@@ -150,12 +150,13 @@ def test_saved_model_cli_lists_dynamic_signatures(exported):
   for name, body, method in re.findall(r"signature_def\['(\w+)'\]:(.*?)Method name is: (\S*)",
                                        text, flags=re.DOTALL):
     tensors = re.findall(r"(inputs|outputs)\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+"
-                         r"shape: (\([^)]*\))", body)
+                         r"shape: (\([^)]*\)|unknown_rank)", body)
     signatures[name] = (method, {(kind, key): (dtype, shape)
                                  for kind, key, dtype, shape in tensors})
   expected = {
-      ("inputs", "support"): ("DT_FLOAT", "(-1, -1, -1)"),
-      ("inputs", "query"): ("DT_FLOAT", "(-1, -1)"),
+      # Any rank, so that a request of the wrong rank reaches the model's own check.
+      ("inputs", "support"): ("DT_FLOAT", "unknown_rank"),
+      ("inputs", "query"): ("DT_FLOAT", "unknown_rank"),
       ("outputs", "probabilities"): ("DT_FLOAT", "(-1, -1)"),
       ("outputs", "classes"): ("DT_INT64", "(-1)"),
       ("outputs", "classifier_weights"): ("DT_FLOAT", f"(-1, {D})"),
@@ -220,8 +221,8 @@ _ZERO = ("{} has an all-zero embedding (L2 norm below 1e-6), which cannot be L2-
 
 
 def _exactly(*parts):
-  """The whole message of a failed tf.debugging.Assert with these data, as a regex."""
-  return "^" + re.escape(" ".join(f"[{part}]" for part in parts)) + r"\n"
+  """The whole line of a failed tf.debugging.Assert with these data, as a regex."""
+  return re.escape("assertion failed: " + " ".join(f"[{part}]" for part in parts)) + r"\n"
 
 
 @pytest.mark.parametrize("support, query, message", [
@@ -243,10 +244,13 @@ def _exactly(*parts):
     (_GOOD_SUPPORT, _GOOD_QUERY[0], _exactly(_RANK_QUERY, "query shape:", f"{D}")),
     # The first problem is the one reported: support's rank before query's rank and D.
     (_GOOD_SUPPORT[:, 0, :5], _GOOD_QUERY[0], _exactly(_RANK_SUPPORT, "support shape:", "3 5")),
-    (_ZERO_SUPPORT, _GOOD_QUERY, _exactly(_ZERO.format("support"), "[n, k] of the first:", "[1 1]")),
+    # An all-zero embedding would be served uniform probabilities.
+    (_ZERO_SUPPORT, _GOOD_QUERY,
+     _exactly(_ZERO.format("support"), "[n, k] of the first:", "[1 1]")),
     (_GOOD_SUPPORT, _ZERO_QUERY, _exactly(_ZERO.format("query"), "[q] of the first:", "[2]")),
     # NaN before zero: a support with both reports the NaN.
-    (_NAN_AND_ZERO_SUPPORT, _GOOD_QUERY, r"support contains NaN or Inf"),
+    (_NAN_AND_ZERO_SUPPORT, _GOOD_QUERY,
+     re.escape("support contains NaN or Inf; send finite embeddings : Tensor had NaN values")),
 ], ids=["support_d", "query_d", "no_classes", "no_examples", "one_class", "nan_support",
         "inf_query", "support_without_k", "support_rank_4", "query_rank_3", "query_rank_1",
         "support_rank_first", "zero_support", "zero_query", "nan_before_zero"])
@@ -254,6 +258,19 @@ def _exactly(*parts):
 def test_bad_requests_fail_with_clear_messages(exported, signature, support, query, message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     call(exported.loaded, signature, support, query)
+
+
+def test_small_embeddings_are_served_as_their_direction(exported):
+  # Only norms below 1e-6 are refused: a support row and a query scaled down to
+  # norm about 1e-4 are L2-normalised to the same unit vectors.
+  support, query = task(3, 2, 4, seed=15)
+  small_support, small_query = support.copy(), query.copy()
+  small_support[1, 1] *= 1e-4 / np.linalg.norm(support[1, 1])
+  small_query[2] *= 1e-4 / np.linalg.norm(query[2])
+  for signature in ("serving_default", "generate"):
+    want = call(exported.loaded, signature, support, query)
+    got = call(exported.loaded, signature, small_support, small_query)
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
 
 
 def test_warmup_records_parse_and_replay(exported):
@@ -350,3 +367,31 @@ def test_rest_request_file_is_reproducible_and_served(exported):
   served = call(exported.loaded, body["signature_name"], **inputs)
   direct = call(exported.loaded, "generate", support, query)
   np.testing.assert_array_equal(served["probabilities"], direct["probabilities"])
+
+
+def test_make_request_says_what_it_wrote(tmp_path):
+  support, query = task(3, 2, 4, seed=16)
+  np.savez(tmp_path / "task.npz", support=support, query=query)
+  script = os.path.join(REPO, "export", "make_request.py")
+  written = subprocess.run(
+      [sys.executable, script, f"--input={tmp_path / 'task.npz'}", "--signature_name=generate",
+       f"--output={tmp_path / 'body.json'}"],
+      capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=60, check=False,
+      cwd=str(tmp_path))
+  assert written.returncode == 0, written.stderr[-3000:]
+  assert written.stdout == (
+      f"make_request: wrote {tmp_path / 'body.json'}: generate request, support [N, K, D] = "
+      f"[3, 2, {D}], query [Q, D] = [4, {D}]\n")
+  with open(tmp_path / "body.json") as f:
+    body = json.load(f)
+  np.testing.assert_array_equal(np.asarray(body["inputs"]["support"], np.float32), support)
+  # Without --output the body alone goes to stdout, the line to stderr.
+  printed = subprocess.run(
+      [sys.executable, script, "--embedding_dim=8", "--num_classes=2", "--num_shots=1",
+       "--num_queries=3"],
+      capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=60, check=False,
+      cwd=str(tmp_path))
+  assert printed.returncode == 0, printed.stderr[-3000:]
+  assert np.asarray(json.loads(printed.stdout)["inputs"]["query"]).shape == (3, 8)
+  assert printed.stderr == ("make_request: wrote stdout: serving_default request, support "
+                            "[N, K, D] = [2, 1, 8], query [Q, D] = [3, 8]\n")
