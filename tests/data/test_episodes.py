@@ -4,20 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from leo_tf.data import embeddings as emb
 from leo_tf.data import episodes
+from tests import splits
 
 D = 4
 
 
 def _split(class_sizes, seed=0):
-  """A split whose classes have the given sizes; rows interleave the classes."""
-  rows = np.concatenate([np.full(size, c) for c, size in enumerate(class_sizes)])
-  rows = np.random.default_rng(seed).permutation(rows)
-  names = [f"c{c:02d}" for c in rows]
-  images = [f"c{c:02d}_{i}.JPEG" for i, c in enumerate(rows)]
-  x = np.random.default_rng(seed + 1).standard_normal((rows.size, D)).astype(np.float32)
-  return emb.build_split(x, names, images, ("<test>",))
+  return splits.make_split(class_sizes, seed, embedding_dim=D)
 
 
 def _row_classes(split):
