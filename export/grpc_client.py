@@ -1,12 +1,13 @@
 r"""Classify the queries of one few-shot task with a LEO model on TF Serving (gRPC).
 
     python export/grpc_client.py --server=localhost:8500 --model_name=leo \
-        --input=task.npz [--signature_name=serving_default]
+        --input=/tmp/task.npz [--signature_name=serving_default]
 
-task.npz holds two arrays (raw embeddings; the model normalises them):
+The .npz holds two arrays (raw embeddings; the model normalises them):
   support  float32 [N, K, D]  K examples of class n in row n
   query    float32 [Q, D]     the examples to classify
-e.g. np.savez("task.npz", support=support, query=query).
+e.g. np.savez("/tmp/task.npz", support=support, query=query), outside the
+repository (export/README.md writes one from the embeddings).
 
 Prints the predicted class of every query and, with --print_all, every output
 of the signature. Needs grpcio and tensorflow-serving-api (not leo_tf).

@@ -2,16 +2,21 @@ r"""Write the JSON body of a TF Serving REST predict request for one few-shot ta
 
 From your own embeddings (an .npz with support [N, K, D] and query [Q, D]):
 
-    python export/make_request.py --input=task.npz --output=request.json
+    python export/make_request.py --input=/tmp/task.npz --output=/tmp/request.json
 
 or random ones, only to try a server (request.json in this folder was made so):
 
     python export/make_request.py --embedding_dim=640 --num_classes=2 --num_shots=1 \
         --num_queries=2 --seed=0 --output=export/request.json
 
-then
+Each prints one line saying what it wrote, e.g.
 
-    curl -s -X POST -H 'Content-Type: application/json' -d @request.json \
+    make_request: wrote /tmp/request.json: serving_default request, support [N, K, D] =
+    [5, 1, 640], query [Q, D] = [75, 640]
+
+(on stderr when the body goes to stdout), then
+
+    curl -s -X POST -H 'Content-Type: application/json' -d @/tmp/request.json \
         http://localhost:8501/v1/models/leo:predict
 
 The body uses the columnar ("inputs") format, so the answer is
@@ -70,6 +75,22 @@ def dumps(body: dict[str, Any]) -> str:
   return json.dumps(body, separators=(",", ":")) + "\n"
 
 
+def summary(output: str, signature_name: str, support: np.ndarray, query: np.ndarray) -> str:
+  """The line printed on success: where the body went, its signature and shapes.
+
+  Args:
+    output: the file written, or "" for stdout.
+    signature_name: the body's signature_name.
+    support: [N, K, D] as sent.
+    query: [Q, D] as sent.
+  """
+  n, k, d = np.shape(support)
+  q = np.shape(query)[0]
+  where = output or "stdout"
+  return (f"make_request: wrote {where}: {signature_name} request, support [N, K, D] = "
+          f"[{n}, {k}, {d}], query [Q, D] = [{q}, {d}]")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]} (flags look like --name=value).")
@@ -89,8 +110,10 @@ def main(argv):
   if f.output:
     with open(f.output, "w") as out:
       out.write(text)
-  else:
+    print(summary(f.output, f.signature_name, support, query))
+  else:  # the body alone on stdout, the line on stderr
     sys.stdout.write(text)
+    print(summary("", f.signature_name, support, query), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ and return
 sampling or dropout): codes from the encoder and relation network, latent
 adaptation, fine-tuning. `generate` is the conditional generator alone: the
 encoder's mean codes decoded to the decoder's mean weights, no adaptation
-(its adapted_latents are the unadapted codes). Malformed requests fail with
-InvalidArgument errors that say what to send. The functions are plain graphs:
-no XLA, which TF Serving builds may lack.
+(its adapted_latents are the unadapted codes). Malformed requests (wrong rank
+or D, empty support, N < 2, NaN or Inf, an all-zero embedding) fail with
+InvalidArgument errors that name the input and say what to send (check_request).
+The functions are plain graphs: no XLA, which TF Serving builds may lack.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """leo_tf.bench.data: the episode pipeline's throughput benchmark reports every case."""
 
-
 from leo_tf.bench import data as bench_data
 from tests import splits
 

@@ -1,8 +1,10 @@
 """serving.classification: the exported classifier's signatures. The served numbers against
 the in-memory model (in a process without leo_tf, with TF2's loader and a TF1 session as TF
 Serving uses), the signatures as saved_model_cli lists them, no XLA and one variable handle
-per variable, no queries, bad requests with clear messages, warmup records, PredictRequests,
-the gRPC client against a stand-in server and the REST request file.
+per variable, no queries, bad requests with clear messages in the order of the checks (wrong
+rank, wrong D, empty, one class, NaN or Inf, all-zero embeddings), small embeddings still
+served, warmup records, PredictRequests, the gRPC client against a stand-in server, the REST
+request file and make_request's line.
 """
 
 import json
