@@ -31,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from leo_tf.outer import progress
-from leo_tf.serving import publish
+# No leo_tf import at the top: the measuring process loads this file alone (_MEASURE).
 
 # (name, N, K, Q): the cases timed.
 CASES = (("5-way 1-shot", 5, 1, 75), ("5-way 5-shot", 5, 5, 75))
@@ -46,6 +45,7 @@ def latest_version_dir(export_dir: str) -> str:
   if not os.path.isdir(export_dir):
     raise FileNotFoundError(f"--export_dir {export_dir!r} is not a folder; pass the model base "
                             "path that python -m leo_tf.export wrote, or a version in it.")
+  from leo_tf.serving import publish  # pylint: disable=g-import-not-at-top
   found = publish.versions(export_dir)
   if not found:
     raise FileNotFoundError(
@@ -170,6 +170,7 @@ with open(out, "w") as f:
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from leo_tf.outer import progress  # pylint: disable=g-import-not-at-top
   progress.start_command(argv, "leo_tf.bench.serving")
   f = flags.FLAGS
   try:
@@ -193,5 +194,6 @@ def _define_flags():
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
+  from leo_tf.outer import progress  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(main, flags_parser=progress.flags_parser("leo_tf.bench.serving"))

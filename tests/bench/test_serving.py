@@ -1,6 +1,9 @@
-"""Tests for leo_tf.bench.serving's pieces: which version it times, and its percentiles."""
+"""Tests for leo_tf.bench.serving's pieces: which version it times, its percentiles, and that
+its measuring process loads the model without leo_tf."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -25,3 +28,15 @@ def test_percentiles_by_hand():
   assert result["p50_ms"] == pytest.approx(50.5)
   assert result["p99_ms"] == pytest.approx(99.01)
   assert result["mean_ms"] == pytest.approx(50.5)
+
+
+def test_the_measuring_process_loads_the_file_without_leo_tf():
+  # As serving._MEASURE does: the file by path, then what it imported.
+  check = (f"import importlib.util, sys\n"
+           f"spec = importlib.util.spec_from_file_location('b', {serving.__file__!r})\n"
+           f"module = importlib.util.module_from_spec(spec)\n"
+           f"spec.loader.exec_module(module)\n"
+           f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'leo_tf'))")
+  result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          timeout=60, check=True, cwd="/")
+  assert result.stdout.strip() == "[]"
