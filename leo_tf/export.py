@@ -18,6 +18,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from leo_tf.serving import export
 from leo_tf.serving import publish
+from leo_tf.outer import lock
 from leo_tf.outer import progress
 
 
@@ -28,7 +29,7 @@ def main(argv):
   try:
     version_dir = export.export_checkpoint(f.checkpoint_path, f.export_dir, f.checkpoint or None,
                                            allow_duplicate=f.allow_duplicate)
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, lock.RunFolderInUse) as e:
     raise SystemExit(f"leo_tf.export: error: {e}") from None
   record = publish.read_export_config(version_dir)
   # The signatures as written (a regression export has serving_default only), read from

@@ -21,6 +21,7 @@ from leo_tf import command_line
 from leo_tf.classification import experiment as classification_experiment
 from leo_tf.outer import distribute
 from leo_tf.outer import fit
+from leo_tf.outer import lock
 from leo_tf.outer import progress
 from leo_tf.regression import experiment as regression_experiment
 
@@ -50,7 +51,7 @@ def main(argv):
         print(f"Exported the best checkpoint to {version_dir}", flush=True)
   except fit.Interrupted as e:  # the message is printed; the checkpoint is written
     sys.exit(128 + e.signum)  # as a process killed by that signal reports it
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, lock.RunFolderInUse) as e:
     # Bad data or settings found at start (missing files, K + V larger than a
     # class, N larger than the split, a checkpoint_path of another run, ...).
     sys.exit(f"leo_tf.train: error: {e}")

@@ -112,6 +112,27 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_matches(data_path,
     np.testing.assert_array_equal(straight_weights[name], b[name], err_msg=name)
 
 
+def test_a_second_training_into_a_run_folder_in_use_is_refused_at_start(data_path, tmp_path):
+  folder = tmp_path / "run"
+  hold = ("import sys\nfrom leo_tf.outer import lock\n"
+          "with lock.RunLock(sys.argv[1], 'training'):\n"
+          "  print('held', flush=True)\n  sys.stdin.read()\n")
+  first = subprocess.Popen([sys.executable, "-c", hold, str(folder)], cwd=REPO, env=ENV,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert first.stdout.readline().strip() == "held"
+    second = subprocess.run(_train_command(data_path, folder, STEPS), cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+  finally:
+    first.kill()
+    first.wait(timeout=30)
+  assert second.returncode != 0
+  assert f"leo_tf.train: error: {str(folder)!r} is in use by process {first.pid} on " in (
+      second.stderr), second.stderr[-2000:]
+  assert "Traceback" not in second.stderr
+  assert not os.path.exists(folder / "ckpt") and not os.path.exists(folder / "config.json")
+
+
 def _regression_command(checkpoint_path, steps):
   return [sys.executable, "-m", "leo_tf.train", "--flagfile=sines.flags",
           "--regression_model=leo", f"--num_steps_limit={steps}", "--checkpoint_steps=10",

@@ -41,6 +41,7 @@ from leo_tf.data.episodes import ProblemInstance
 from leo_tf.outer import checkpoints
 from leo_tf.outer import distribute
 from leo_tf.outer import fit as fit_lib
+from leo_tf.outer import lock
 from leo_tf.outer import step as outer_step
 
 PROBLEM = "classification"
@@ -147,9 +148,18 @@ def train(config: RunConfig) -> dict[str, Any]:
     raise ValueError(f"metatrain_batch_size {o.metatrain_batch_size} must be a multiple of the "
                      f"{num_replicas} replicas of strategy={config.strategy}.")
   run = checkpoints.RunState(o.checkpoint_path, lambda: build_learner(config), o, strategy)
-  if run.chief:
-    os.makedirs(o.checkpoint_path, exist_ok=True)
+  if not run.chief:
+    return _fit_and_meta_test(config, run, train_split, val_split, val_sampler, strategy)
+  with lock.RunLock(o.checkpoint_path, "training"):  # one writer per run folder
     checkpoints.check_resume_config(o.checkpoint_path, config)
+    return _fit_and_meta_test(config, run, train_split, val_split, val_sampler, strategy)
+
+
+def _fit_and_meta_test(config: RunConfig, run: checkpoints.RunState, train_split, val_split,
+                       val_sampler, strategy) -> dict[str, Any]:
+  """train()'s fit and meta-test, once the run's state is built (on the chief, locked)."""
+  d, o = config.data, config.outer
+  num_replicas = strategy.num_replicas_in_sync
   if num_replicas == 1 and config.strategy == "default":
     train_step = outer_step.make_train_step(run.model, run.optimizer, o)
   else:
@@ -191,6 +201,14 @@ def evaluate(config: RunConfig, split: str = "test") -> dict[str, Any]:
   Returns and writes (results_<split>.json beside the checkpoints) the mean
   accuracy and its 95% confidence interval 1.96 sd / sqrt(n).
   """
+  if config.results_dir:  # writes elsewhere: the run folder is only read
+    return _evaluate(config, split)
+  with lock.RunLock(config.outer.checkpoint_path, f"evaluation on {split}", create=False):
+    return _evaluate(config, split)
+
+
+def _evaluate(config: RunConfig, split: str) -> dict[str, Any]:
+  """evaluate() once the folder it writes into is locked (or is another folder)."""
   d, o = config.data, config.outer
   model = build_learner(config)
   prefix, record = checkpoints.restore_best(

@@ -29,6 +29,7 @@ from leo_tf.core.config import OuterConfig, check_at_least, check_positive
 from leo_tf.data import atomic
 from leo_tf.outer import checkpoints
 from leo_tf.outer import fit as fit_lib
+from leo_tf.outer import lock
 from leo_tf.outer import step as outer_step
 from leo_tf.regression import evaluation
 from leo_tf.regression import figure as figure_lib
@@ -173,19 +174,19 @@ def train(config: RegressionRunConfig) -> dict[str, Any]:
     evaluate()'s results, plus "training": per model, the wall and CPU time of
     this call's training (seconds), the steps run and the NaN fallbacks.
   """
-  os.makedirs(config.outer.checkpoint_path, exist_ok=True)
-  checkpoints.check_resume_config(config.outer.checkpoint_path, config)
-  training = {}
-  for name in config.models:
-    report = _train_model(name, config)
-    training[name] = {"train_seconds": report.train_seconds,
-                      "train_cpu_seconds": report.train_cpu_seconds,
-                      "steps_run": report.steps_run, "final_step": report.final_step,
-                      "nan_fallbacks": report.nan_fallbacks,
-                      "stopped_early": report.stopped_early}
-  results = evaluate(config)
-  results["training"] = training
-  atomic.write_json_atomically(results["results_file"], results)
+  with lock.RunLock(config.outer.checkpoint_path, "training"):  # one writer per run folder
+    checkpoints.check_resume_config(config.outer.checkpoint_path, config)
+    training = {}
+    for name in config.models:
+      report = _train_model(name, config)
+      training[name] = {"train_seconds": report.train_seconds,
+                        "train_cpu_seconds": report.train_cpu_seconds,
+                        "steps_run": report.steps_run, "final_step": report.final_step,
+                        "nan_fallbacks": report.nan_fallbacks,
+                        "stopped_early": report.stopped_early}
+    results = evaluate(config)
+    results["training"] = training
+    atomic.write_json_atomically(results["results_file"], results)
   print(f"Checkpoints: {config.outer.checkpoint_path}/<model>/ckpt\nTensorBoard: tensorboard "
         f"--logdir {config.outer.checkpoint_path}\nResults: {results['results_file']}\n"
         f"Figure: {results.get('figure')}", flush=True)
@@ -201,6 +202,12 @@ def evaluate(config: RegressionRunConfig, split: str = "test", figure: bool = Tr
   95% intervals, and for LEO against MAML the paired per-task difference and
   the MSE ratio. Draws figure3.png when `figure` (and LEO was evaluated).
   """
+  with lock.RunLock(config.outer.checkpoint_path, f"evaluation on {split}", create=False):
+    return _evaluate(config, split, figure)
+
+
+def _evaluate(config: RegressionRunConfig, split: str, figure: bool) -> dict[str, Any]:
+  """evaluate() once the run folder is locked."""
   o = config.outer
   tasks, params = tasks_lib.heldout_tasks(config.eval_seed, split, o.num_metatest_tasks,
                                          config.num_eval_points, config.tasks)

@@ -27,6 +27,7 @@ import tensorflow as tf
 import leo_tf
 from leo_tf.classification import experiment as classification_experiment
 from leo_tf.outer import checkpoints
+from leo_tf.outer import lock
 from leo_tf.regression import experiment as regression_experiment
 from leo_tf.serving import classification
 from leo_tf.serving import publish
@@ -133,7 +134,15 @@ def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | N
       the given prefix.
     FileExistsError: a version in export_dir already holds this checkpoint.
     ValueError: the checkpoint does not hold this configuration's model.
+    lock.RunFolderInUse: another process trains in checkpoint_path.
   """
+  with lock.RunLock(checkpoint_path, f"export to {export_dir}", create=False):  # no training
+    return _export_checkpoint(checkpoint_path, export_dir, checkpoint, allow_duplicate, warmup)
+
+
+def _export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | None,
+                       allow_duplicate: bool, warmup: bool) -> str:
+  """export_checkpoint() once the run folder is locked."""
   run_config = read_run_config(checkpoint_path)
   problem = PROBLEMS[run_config.to_dict()["problem"]]
   run_folder = os.path.join(checkpoint_path, problem.run_folder)
