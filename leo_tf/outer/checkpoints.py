@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -35,6 +36,9 @@ from leo_tf.outer import step as outer_step
 from leo_tf.outer.learner import MetaLearner
 
 BEST_POINTER = "best.json"
+# What TensorFlow's checkpoint reader raises for damaged files: OpErrors (DataLossError,
+# NotFoundError, ...) and, for a truncated data file, IndexError ("Read less bytes").
+DAMAGED = (tf.errors.OpError, IndexError)
 CONFIG_FILE = "config.json"
 
 
@@ -84,12 +88,43 @@ class RunState:
     return os.path.isfile(os.path.join(self.path, "best", BEST_POINTER))
 
   def restore_latest(self) -> bool:
-    """Restores the latest checkpoint of the run (the chief's), if any."""
-    latest = tf.train.latest_checkpoint(os.path.join(self.root, "ckpt"))
-    if latest is None:
+    """Restores the newest checkpoint of the run (the chief's) that reads back whole.
+
+    A newer one that does not (a torn write, a truncated or zeroed file, a
+    disk that filled up) is skipped with a warning naming the steps that will
+    be trained again; the manager keeps max_to_keep checkpoints, one every
+    checkpoint_steps, so at most that many steps are lost.
+
+    Returns:
+      Whether a checkpoint was restored (False: none yet, start at step 0).
+
+    Raises:
+      ValueError: there are checkpoints, and none of them reads back whole.
+    """
+    folder = os.path.join(self.root, "ckpt")
+    state = tf.train.get_checkpoint_state(folder)
+    if state is None or not state.model_checkpoint_path:
       return False
-    self.checkpoint.restore(latest).assert_existing_objects_matched()
-    return True
+    newest_first = list(reversed(state.all_model_checkpoint_paths)) or [
+        state.model_checkpoint_path]
+    unreadable = []
+    for prefix in newest_first:
+      try:
+        self.checkpoint.restore(prefix).assert_existing_objects_matched()
+      except (*DAMAGED, ValueError, AssertionError) as e:
+        unreadable.append(f"{os.path.basename(prefix)} ({type(e).__name__})")
+        continue
+      if unreadable:
+        newest = checkpoint_step_of_name(newest_first[0])
+        step = int(self.step.numpy())
+        print(f"Warning: {', '.join(unreadable)} in {folder} could not be read back whole; "
+              f"resuming from {os.path.basename(prefix)}: steps {step + 1} to {newest} are "
+              "trained again.", file=sys.stderr, flush=True)
+      return True
+    raise ValueError(
+        f"No checkpoint in {folder} reads back whole ({', '.join(unreadable)}); the files are "
+        "damaged. Move that folder away to train from step 0 (best/ keeps the best model), or "
+        "restore it from a copy.")
 
   def remove_scratch(self) -> None:
     """Deletes a non-chief worker's scratch folder."""
@@ -133,6 +168,12 @@ def best_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
   return os.path.join(path, "best", record["checkpoint"]), record
 
 
+def checkpoint_step_of_name(prefix: str) -> int | None:
+  """N of a CheckpointManager prefix .../ckpt-N (None for another name)."""
+  found = re.search(r"ckpt-([0-9]+)$", prefix)
+  return int(found.group(1)) if found else None
+
+
 def checkpoint_step(prefix: str) -> int | None:
   """The training step stored in a RunState checkpoint, if it has one."""
   try:
@@ -151,6 +192,11 @@ def read_model(model: MetaLearner, prefix: str, described_by: str) -> None:
   try:
     tf.train.Checkpoint(model=model).read(prefix).expect_partial(
         ).assert_existing_objects_matched()
+  except DAMAGED as e:  # TensorFlow's reader: a truncated, zeroed or torn file
+    raise ValueError(
+        f"Checkpoint {prefix} could not be read ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200]}): its files are damaged. Train again to rewrite it, "
+        "or use another checkpoint (python -m leo_tf.export --checkpoint=<prefix>).") from None
   except (AssertionError, ValueError) as e:  # a variable missing, or of another shape
     missing = re.findall(r"path=([^,\s]+)", str(e))  # the message prints their values too
     detail = f"not in the checkpoint: {', '.join(missing)}" if missing else str(e)[:500]

@@ -2,6 +2,7 @@
 resume check of config.json, and evaluation without a checkpoint."""
 
 import dataclasses
+import glob
 import errno
 import json
 import os
@@ -114,3 +115,51 @@ def test_results_that_cannot_be_written_say_where_to_write_them(tmp_path, monkey
                                     r"\(Read-only file system\); they are printed above. Pass "
                                     r"--results_dir="):
     checkpoints.write_results(str(tmp_path / "results_test.json"), {"num_tasks": 1})
+
+
+def _tiny_run(path):
+  outer = OuterConfig(outer_lr=1e-2, checkpoint_path=str(path))
+  config = ModelConfig(embedding_dim=8, num_latents=2)
+  return checkpoints.RunState(str(path), lambda: LEO(config), outer)
+
+
+def _saved_at(run, *steps):
+  for step in steps:
+    run.step.assign(step)
+    run.model.inner_lr.assign(tf.fill([2], float(step)))  # weights that say their step
+    run.save_latest()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_whole_one(tmp_path, capsys, damage):
+  _saved_at(_tiny_run(tmp_path), 10, 20, 30)
+  data = glob.glob(str(tmp_path / "ckpt" / "ckpt-30.data-*"))[0]
+  size = os.path.getsize(data)
+  with open(data, "r+b") as f:
+    if damage == "truncated":  # a torn write, a disk that filled up
+      f.truncate(size // 2)
+    else:
+      f.write(b"\0" * size)
+  run = _tiny_run(tmp_path)
+  assert run.restore_latest()
+  assert int(run.step.numpy()) == 20
+  np.testing.assert_array_equal(run.model.inner_lr.numpy(), [20.0, 20.0])
+  warning = capsys.readouterr().err
+  assert warning.startswith("Warning: ckpt-30 (")
+  assert warning.rstrip().endswith("could not be read back whole; resuming from ckpt-20: steps "
+                                   "21 to 30 are trained again.")
+
+
+def test_no_whole_checkpoint_and_a_damaged_best_are_clear_errors(tmp_path):
+  run = _tiny_run(tmp_path)
+  _saved_at(run, 10)
+  run.save_best(0.5)
+  for pattern in ("ckpt/ckpt-10.data-*", "best/ckpt-10.data-*"):
+    with open(glob.glob(str(tmp_path / pattern))[0], "r+b") as f:
+      f.truncate(8)
+  with pytest.raises(ValueError, match=r"No checkpoint in .*ckpt reads back whole \(ckpt-10 "):
+    _tiny_run(tmp_path).restore_latest()
+  with pytest.raises(ValueError, match=r"Checkpoint .*best/ckpt-10 could not be read .*its "
+                                       r"files are damaged"):
+    checkpoints.restore_best(LEO(ModelConfig(embedding_dim=8, num_latents=2)), str(tmp_path),
+                             "config.json")
