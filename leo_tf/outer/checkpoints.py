@@ -40,6 +40,7 @@ BEST_POINTER = "best.json"
 # NotFoundError, ...) and, for a truncated data file, IndexError ("Read less bytes").
 DAMAGED = (tf.errors.OpError, IndexError)
 CONFIG_FILE = "config.json"
+MISSING = object()  # a setting that a config.json predates (check_resume_config)
 
 
 class RunState:
@@ -287,6 +288,3 @@ def check_resume_config(checkpoint_path: str, config) -> None:
     raise ValueError(
         f"{checkpoint_path!r} holds a run with other settings ({'; '.join(changed)}). "
         "Resume with the same flags, or use a new --checkpoint_path.")
-
-
-MISSING = object()
