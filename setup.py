@@ -24,6 +24,9 @@ setuptools.setup(
         "importlib_resources~=7.0",
         # Figures: regression samples (figure 3) and the latent space (figure 4).
         "matplotlib~=3.8",
+        # Hyperparameter search (leo_tf.search): studies in SQLite, PostgreSQL or MySQL, shared by workers.
+        "optuna~=5.0",
     ],
-    extras_require={"test": ["pytest~=9.0"]},
+    # Hypothesis fuzzes the embedding reader, the flags and the served signatures.
+    extras_require={"test": ["pytest~=9.0", "hypothesis~=6.100"]},
 )
