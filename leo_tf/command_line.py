@@ -12,7 +12,8 @@ from __future__ import annotations
 from absl import flags
 
 from leo_tf.classification import experiment as classification_experiment
-from leo_tf.core.config import ABLATIONS, KL_ESTIMATORS, DataConfig, ModelConfig, OuterConfig
+from leo_tf.core.config import (ABLATIONS, KL_ESTIMATORS, WEIGHT_SAMPLINGS, DataConfig, ModelConfig,
+                                OuterConfig)
 from leo_tf.regression import experiment as regression_experiment
 from leo_tf.regression import leo as regression_leo
 from leo_tf.regression import maml as regression_maml
@@ -51,6 +52,11 @@ flags.DEFINE_float("max_weights_stddev", 0.0,
                    "original). Keeps exp(u) from overflowing in the inner loop (e.g. 10).")
 flags.DEFINE_enum("kl_estimator", "sample", KL_ESTIMATORS,
                   "sample: the original's one-sample estimate; analytic: TFP's closed form.")
+flags.DEFINE_enum("weight_sampling", "per_copy", WEIGHT_SAMPLINGS,
+                  "How meta-training samples a class's weights for K > 1: per_copy, the "
+                  "original's (a weight vector per support copy, averaged); class_mean: one draw "
+                  "of that average's Gaussian per class (same first decoding, different noise in "
+                  "the latent steps; see BUILD_NOTES.md). K = 1 and evaluation: identical.")
 flags.DEFINE_enum("ablation", "leo", ABLATIONS, "A row of the paper's table 2.")
 flags.DEFINE_enum("model", "leo", classification_experiment.MODEL_NAMES,
                   "leo; metasgd: Meta-SGD on the same features (adapts with "
@@ -164,7 +170,8 @@ def config_from_flags() -> classification_experiment.RunConfig:
       l2_penalty_weight=FLAGS.l2_penalty_weight,
       orthogonality_penalty_weight=FLAGS.orthogonality_penalty_weight,
       max_weights_stddev=FLAGS.max_weights_stddev,
-      kl_estimator=FLAGS.kl_estimator).with_ablation(FLAGS.ablation)
+      kl_estimator=FLAGS.kl_estimator,
+      weight_sampling=FLAGS.weight_sampling).with_ablation(FLAGS.ablation)
   data = DataConfig(
       data_path=FLAGS.data_path, dataset_name=FLAGS.dataset_name,
       embedding_crop=FLAGS.embedding_crop, train_on_val=FLAGS.train_on_val,

@@ -15,11 +15,13 @@ Where the original code (deepmind/leo, model.py) settles what the paper leaves
 open, this follows it:
   - the class's Gaussian over codes is repeated for its K support examples, and
     a code is sampled per copy, decoded to a Gaussian over a weight vector per
-    copy; the class's logit uses the mean of the K weight vectors. That mean is
-    Gaussian itself, so it is sampled directly (Decoder.class_weights_distribution:
-    one draw per class, the same distribution), and fine-tuning moves it with
-    rate eta / K, which is exactly what K copies moved by eta each do to their
-    mean (each copy's gradient is 1/K of the mean's);
+    copy and a weight vector sampled per copy, at every latent step; the class's
+    logit uses the mean of the K weight vectors (weight_sampling "per_copy", the
+    default). "class_mean" samples that mean's own Gaussian instead
+    (Decoder.class_weights_distribution: one draw per class; the same distribution
+    of the first decoding, a different noise in the latent steps). Either way
+    fine-tuning moves the mean with rate eta / K, which is exactly what K copies
+    moved by eta each do to their mean (each copy's gradient is 1/K of the mean's);
   - dropout is applied to the features both in the encoder and in the
     classifier, in meta-training only;
   - the inner gradients are those of the summed (not averaged) support loss;
@@ -72,7 +74,8 @@ class Noise(NamedTuple):
 
   encoder_keep: tf.Tensor  # [B, N, K, D] dropout multiplier on the encoder's input
   latent_eps: tf.Tensor  # [B, N, K, n_z] eps of the sampled codes
-  weight_eps: tf.Tensor  # [T + 1, B, N, 1, D] eps of the class weights decoded after step t
+  weight_eps: tf.Tensor  # [T + 1, B, N, K, D] eps of the weights decoded after step t, one
+                        # per support copy ([T + 1, B, N, 1, D]: one per class, "class_mean")
   support_keep: tf.Tensor  # [T + F + 1, B, N, K, D] dropout multipliers of the support
                            # loss evaluations (LEO steps 0..T, then fine-tuning)
   query_keep: tf.Tensor  # [B, N, V, D] dropout multiplier of the queries
@@ -186,11 +189,12 @@ class LEO(tf.Module):
     t, f = c.inner_unroll_length, c.finetuning_unroll_length
     s = seeds.split_seed(seed, 5)
     code_shape = tf.concat([tr_shape[:3], [c.num_latents]], 0)  # [B, N, K, n_z]
+    copies = tr_shape[2:3] if c.weight_sampling == "per_copy" else [1]  # K or 1
     return Noise(
         encoder_keep=seeds.dropout_keep_mask(tr_shape, c.dropout_rate, s[0], dtype),
         latent_eps=distributions.standard_normal(code_shape, s[1], dtype),
         weight_eps=distributions.standard_normal(
-            tf.concat([[t + 1], tr_shape[:2], [1], tr_shape[3:]], 0), s[2], dtype),
+            tf.concat([[t + 1], tr_shape[:2], copies, tr_shape[3:]], 0), s[2], dtype),
         support_keep=seeds.dropout_keep_mask(tf.concat([[t + f + 1], tr_shape], 0),
                                              c.dropout_rate, s[3], dtype),
         query_keep=seeds.dropout_keep_mask(val_shape, c.dropout_rate, s[4], dtype))
@@ -244,9 +248,15 @@ class LEO(tf.Module):
     num_copies = tf.cast(tf.shape(tr_input)[2], self.dtype)  # K
 
     def decode_fn(z, i):
-      weights = self.decoder.class_weights_distribution(z)  # [B, N, 1, D]
-      return distributions.possibly_sample(weights, sample=training and not c.deterministic,
-                                           noise=noise.weight_eps[i] if training else None)
+      """Codes [B, N, K, n_z] -> the class weights [B, N, 1, D], the mean of the K copies."""
+      sample = training and not c.deterministic
+      eps = noise.weight_eps[i] if training else None
+      if c.weight_sampling == "class_mean":
+        weights = self.decoder.class_weights_distribution(z)  # [B, N, 1, D]
+        return distributions.possibly_sample(weights, sample=sample, noise=eps)
+      weights = self.decoder.weights_distribution(z)  # [B, N, K, D]
+      copies = distributions.possibly_sample(weights, sample=sample, noise=eps)  # [B, N, K, D]
+      return tf.reduce_mean(copies, axis=2, keepdims=True)  # [B, N, 1, D]
 
     def leo_loss_fn(w, i):
       keep = noise.support_keep[i] if training else None

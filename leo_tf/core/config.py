@@ -12,6 +12,12 @@ import dataclasses
 import math
 
 KL_ESTIMATORS = ("sample", "analytic")
+# How meta-training samples a class's weights for K > 1 (identical for K = 1 and in
+# evaluation, which takes the means): "per_copy", the original's, samples a code and
+# then a weight vector per support copy and averages the K vectors; "class_mean"
+# samples the Gaussian of that average directly (one draw per class: the same
+# distribution for the first decoding, different latent-step noise from then on).
+WEIGHT_SAMPLINGS = ("per_copy", "class_mean")
 DTYPES = ("float32", "float64")
 
 # Table 2 of the paper, as switches of one model rather than forks of it.
@@ -89,6 +95,7 @@ class ModelConfig:
   orthogonality_penalty_weight: float = 1e-3  # lambda_2
   max_weights_stddev: float = 0.0  # soft bound on sigma^d of the weights (0: none, as the original)
   kl_estimator: str = "sample"  # "sample" (the original's) or "analytic" (TFP)
+  weight_sampling: str = "per_copy"  # WEIGHT_SAMPLINGS: per support copy (the original's) or class mean
   deterministic: bool = False  # ablation: use means, never sample
   random_prior: bool = False  # ablation: latents from the prior, not the encoder
   dtype: str = "float32"  # "float64" for gradient checks
@@ -97,6 +104,7 @@ class ModelConfig:
     check_at_least(self, 1, "embedding_dim", "num_latents")
     check_fraction(self, "dropout_rate")
     check_inner_model(self)
+    check_choice(self, "weight_sampling", WEIGHT_SAMPLINGS)
     if self.max_weights_stddev and not (
         self.max_weights_stddev > math.sqrt(2.0 / (self.embedding_dim + 2))):
       raise ValueError(

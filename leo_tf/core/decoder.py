@@ -57,11 +57,15 @@ class Decoder(keras.layers.Layer):
 
         w_n ~ N(1/K sum_k mu_{n,k},  1/K^2 sum_k sigma_{n,k}^2),
 
-    so it is sampled directly (the local reparameterisation of Kingma et al.,
-    2015): one draw per class instead of K, the same distribution of logits and
-    the same expected meta-gradient. g_d is linear, so the mean of the K means
-    is g_d's mean half applied once to the mean code; only the standard
-    deviations need all K codes.
+    so it can be sampled directly (the local reparameterisation of Kingma et al.,
+    2015): one draw per class instead of K, and the same distribution of the
+    decoded weights (ModelConfig.weight_sampling = "class_mean"). It is not the
+    same estimator as the original's per-copy draws once the codes are adapted:
+    the gradient of the support loss with respect to each copy's code then goes
+    through one shared eps instead of that copy's own, which changes the variance
+    of every latent step (BUILD_NOTES.md, "Per-copy weight sampling"). g_d is
+    linear, so the mean of the K means is g_d's mean half applied once to the
+    mean code; only the standard deviations need all K codes.
     """
     d = self.embedding_dim
     num_classes = tf.shape(latents)[1]

@@ -104,9 +104,14 @@ def finalize_gradients(model: MetaLearner, grads: Sequence[tf.Tensor], metrics: 
                  "fallback": 1.0 - tf.cast(finite, metrics["loss"].dtype)}
 
 
+# The original's outer optimiser, tf.compat.v1.train.AdamOptimizer, has epsilon
+# 1e-8 (Keras: 1e-7) and the same update, lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps).
+ADAM_EPSILON = 1e-8
+
+
 def make_optimizer(model: MetaLearner, config: OuterConfig) -> keras.optimizers.Optimizer:
-  """Adam at outer_lr, with its slots built (so a compiled step creates no variables)."""
-  optimizer = keras.optimizers.Adam(learning_rate=config.outer_lr)
+  """The original's Adam at outer_lr, with its slots built (so a compiled step creates no variables)."""
+  optimizer = keras.optimizers.Adam(learning_rate=config.outer_lr, epsilon=ADAM_EPSILON)
   optimizer.build(model.meta_variables)
   return optimizer
 

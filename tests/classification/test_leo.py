@@ -171,6 +171,108 @@ def test_second_order_matches_unrolled_reference_and_differs_from_first_order():
   assert max(differs) > 1e-2, differs
 
 
+def _per_copy_reference(model, problem, noise):
+  """The original's per-copy sampling, written out (deepmind/leo, model.py).
+
+  Every decoding samples a weight vector per support copy, w_{n,k} = mu_{n,k} +
+  sigma_{n,k} eps_{n,k}; logits are the mean over the copies of the products
+  <x, w_{c,k}> ([B, N, M, N, K], then averaged); fine-tuning moves every copy by
+  eta times the gradient of the summed support loss with respect to that copy.
+  Inner gradients by nested tapes (second order). Returns the per-task terms
+  (val loss, KL, encoder penalty, support loss after latent adaptation), [B] each.
+  """
+  c = model.config
+  tr, va = tf.constant(problem.tr_input), tf.constant(problem.val_input)
+  trl, val = tf.constant(problem.tr_output), tf.constant(problem.val_output)
+  d, n = c.embedding_dim, tr.shape[1]
+  kernel = model.decoder.kernel
+  offset = np.sqrt(2.0 / (n + d))
+  latents, kl = model.encode(tr, training=True, noise=noise)  # the shared encoder
+
+  def sample_copies(z, i):  # [B, N, K, n_z] -> [B, N, K, D]
+    u = tf.einsum("bnkz,zd->bnkd", z, kernel)
+    sigma = tf.maximum(tf.exp(u[..., d:]) - (1.0 - offset), 1e-10)
+    return u[..., :d] + sigma * noise.weight_eps[i]
+
+  def cross_entropy(x, labels, w):  # per example, [B, N, M]
+    logits = tf.reduce_mean(tf.einsum("bnmd,bckd->bnmck", x, w), axis=-1)
+    return -tf.reduce_sum(tf.one_hot(labels, n, dtype=x.dtype) * tf.nn.log_softmax(logits), -1)
+
+  def support_loss(w, i):
+    return cross_entropy(tr * noise.support_keep[i], trl, w)
+
+  z = latents
+  for i in range(c.inner_unroll_length):
+    with tf.GradientTape() as tape:
+      tape.watch(z)
+      loss = tf.reduce_sum(support_loss(sample_copies(z, i), i))
+    z = z - model.inner_lr * tape.gradient(loss, z)
+  t = c.inner_unroll_length
+  w = sample_copies(z, t)
+  tr_loss = tf.reduce_mean(support_loss(w, t), axis=[1, 2])
+  for j in range(c.finetuning_unroll_length):
+    with tf.GradientTape() as tape:
+      tape.watch(w)
+      loss = tf.reduce_sum(support_loss(w, t + j))
+    w = w - model.finetuning_lr * tape.gradient(loss, w)
+  val_loss = tf.reduce_mean(cross_entropy(va * noise.query_keep, val, w), axis=[1, 2])
+  enc = tf.reduce_mean((latents - tf.stop_gradient(z)) ** 2, axis=[1, 2, 3])
+  return val_loss, kl, enc, tr_loss
+
+
+def test_per_copy_sampling_matches_the_originals_per_copy_decoding():
+  # K = 5 with sampling and dropout on: the default weight sampling draws a weight
+  # vector per copy at every decoding, exactly as the written-out original.
+  k = 5
+  problem = testing.random_problem(B, N, k, V, D, seed=6, dtype=np.float64)
+  model = LEO(_config(dropout_rate=0.3), seed=1)
+  assert model.config.weight_sampling == "per_copy"
+  _perturb_init(model, seed=2)
+  noise = model.draw_noise(problem, tf.constant([5, 6]))
+  assert noise.weight_eps.shape == (3, B, N, k, D)
+  c = model.config
+
+  def reference_total():
+    val_loss, kl, enc, _ = _per_copy_reference(model, problem, noise)
+    return (tf.reduce_mean(val_loss + c.kl_weight * kl + c.encoder_penalty_weight * enc)
+            + c.l2_penalty_weight * sum(tf.nn.l2_loss(w) for w in model.regularized_kernels)
+            + c.orthogonality_penalty_weight * model.meta_loss(
+                model(problem, training=False)).orthogonality)
+
+  outputs = model(problem, training=True, noise=noise)
+  for got, want in zip((outputs.val_loss, outputs.kl, outputs.encoder_penalty, outputs.tr_loss),
+                       _per_copy_reference(model, problem, noise)):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-8, atol=1e-12)
+  loss, grads = _gradients(model, lambda: model.meta_loss(
+      model(problem, training=True, noise=noise)).total)
+  ref_loss, ref_grads = _gradients(model, reference_total)
+  assert loss.numpy() == pytest.approx(ref_loss.numpy(), rel=1e-8)
+  for var, g, r in zip(model.meta_variables, grads, ref_grads):
+    np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-8, atol=1e-12, err_msg=var.name)
+  # The class-mean shortcut decodes from the same codes but with other noise: the
+  # same model gives another meta-loss (and K = 1 would give the same one).
+  shortcut = LEO(dataclasses.replace(c, weight_sampling="class_mean"), seed=1)
+  for a, b in zip(shortcut.meta_variables, model.meta_variables):
+    a.assign(b)
+  shortcut_noise = noise._replace(weight_eps=noise.weight_eps[:, :, :, :1])
+  other = shortcut.meta_loss(shortcut(problem, training=True, noise=shortcut_noise)).total
+  assert abs(other.numpy() - loss.numpy()) > 1e-6
+
+
+def test_weight_samplings_agree_for_one_shot_and_in_evaluation():
+  problem = _problem(seed=7)  # K = 2
+  one_shot = testing.random_problem(B, N, 1, V, D, seed=8, dtype=np.float64)
+  per_copy = LEO(_config(dropout_rate=0.3), seed=3)
+  class_mean = LEO(_config(dropout_rate=0.3, weight_sampling="class_mean"), seed=3)
+  seed = tf.constant([9, 1])
+  np.testing.assert_array_equal(per_copy(one_shot, training=True, seed=seed).val_loss.numpy(),
+                                class_mean(one_shot, training=True, seed=seed).val_loss.numpy())
+  np.testing.assert_allclose(per_copy(problem, training=False).val_loss.numpy(),
+                             class_mean(problem, training=False).val_loss.numpy(), rtol=1e-12)
+  with pytest.raises(ValueError, match="weight_sampling must be one of"):
+    _config(weight_sampling="per_class")
+
+
 def test_eager_function_and_xla_agree():
   """Same numbers eager, as a tf.function and compiled with XLA, sampling included.
 
@@ -203,7 +305,10 @@ def test_noise_shapes_and_seed_equals_noise():
   t, f = 2, 2
   assert noise.encoder_keep.shape == (B, N, K, D)
   assert noise.latent_eps.shape == (B, N, K, NZ)
-  assert noise.weight_eps.shape == (t + 1, B, N, 1, D)  # one class-mean draw per class
+  assert noise.weight_eps.shape == (t + 1, B, N, K, D)  # one draw per support copy
+  class_mean = LEO(_config(dropout_rate=0.4, weight_sampling="class_mean"), seed=0)
+  assert class_mean.draw_noise(problem, tf.constant([1, 2])).weight_eps.shape == (
+      t + 1, B, N, 1, D)  # one draw per class
   assert noise.support_keep.shape == (t + f + 1, B, N, K, D)
   assert noise.query_keep.shape == (B, N, V, D)
   by_seed = model(problem, training=True, seed=tf.constant([1, 2]))

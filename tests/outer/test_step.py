@@ -100,3 +100,24 @@ def test_meta_training_lowers_the_loss_on_a_fixed_batch():
     step(problem, tf.constant([0, s]))
   after = float(np.mean(eval_step(problem)[1]))
   assert after < before - 0.05, (before, after)
+
+
+def test_outer_adam_is_the_originals_tf1_adam():
+  # tf.compat.v1.train.AdamOptimizer (the original's): m, v moving averages and
+  # var -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + 1e-8). Gradients of size
+  # 1e-8 make the epsilon matter: Keras' default 1e-7 would move var half as far.
+  variable = tf.Variable(np.array([0.5, -1.0, 2.0]), dtype=tf.float64)
+  holder = type("Holder", (), {"meta_variables": [variable]})()
+  optimizer = outer.make_optimizer(holder, OuterConfig(outer_lr=1e-3))
+  m, v = np.zeros(3), np.zeros(3)
+  rng = np.random.default_rng(0)
+  for t in range(1, 4):
+    grad = 1e-8 * rng.standard_normal(3)
+    before = variable.numpy()
+    optimizer.apply_gradients([(tf.constant(grad), variable)])
+    m = 0.9 * m + 0.1 * grad
+    v = 0.999 * v + 0.001 * grad ** 2
+    update = -1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8)
+    # Keras rounds the rate and the betas to float32: 1 - beta_2 is 0.000999987,
+    # so the update is 6.6e-6 off in relative terms (epsilon 1e-7 would be 0.9 off).
+    np.testing.assert_allclose(variable.numpy() - before, update, rtol=2e-5, atol=0)
