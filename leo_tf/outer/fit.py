@@ -13,11 +13,18 @@ SIGTERM (what a cluster scheduler sends before it preempts a job) and SIGINT
 (Ctrl-C) stop the loop after the step in progress: it writes the latest
 checkpoint at that step and raises Interrupted, so the same command started
 again continues from there and ends with the weights of an uninterrupted run.
+
+A caller that watches the meta-validations (leo_tf.search: a trial reports
+them to its pruner) opens `validation_listener(listener)` around the call: fit
+calls listener(step, score) after each meta-validation, once the best and latest
+checkpoints and the summaries are written, and an exception the listener raises
+(a pruned trial) stops training and passes through fit to its caller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 import signal
@@ -98,6 +105,26 @@ def _stop_requests() -> Iterator[list[int]]:
       signal.signal(signum, handler)
 
 
+_VALIDATION_LISTENER: contextvars.ContextVar[Callable[[int, float], None] | None] = (
+    contextvars.ContextVar("validation_listener", default=None))
+
+
+@contextlib.contextmanager
+def validation_listener(listener: Callable[[int, float], None]) -> Iterator[None]:
+  """While open, every fit calls listener(step, score) after each meta-validation.
+
+  score is the validation's mean (accuracy or MSE, the learner's Score). The
+  call comes after the best and latest checkpoints are written and the
+  summaries flushed, so a listener that raises (to stop a trailing trial)
+  leaves a run folder that the same command resumes.
+  """
+  token = _VALIDATION_LISTENER.set(listener)
+  try:
+    yield
+  finally:
+    _VALIDATION_LISTENER.reset(token)
+
+
 def weights_checksum(variables) -> float:
   """sum |w| over the variables in float64: equal for two runs with identical weights."""
   return float(sum(tf.reduce_sum(tf.abs(tf.cast(v, tf.float64))).numpy() for v in variables))
@@ -135,8 +162,8 @@ def fit(run: RunState, train_step, batches: Callable[[int], Iterable],
   progress.message(f"{prefix}{'Resuming at' if resumed else 'Starting'} step {start} of "
                    f"{o.num_steps_limit}: {spec.intro}")
 
-  def validation(step: int) -> bool:
-    """Meta-validates, keeps the best; returns whether to stop early."""
+  def validation(step: int) -> tuple[bool, float]:
+    """Meta-validates, keeps the best; returns whether to stop early, and the mean score."""
     result = validate()
     mean, ci, _ = statistics.confidence_interval(result.scores)
     improved = score.improves(mean, float(run.best.numpy()))
@@ -152,7 +179,7 @@ def fit(run: RunState, train_step, batches: Callable[[int], Iterable],
                      f"over {result.scores.size} tasks{result.text}"
                      f"{' (best so far)' if improved else ''}")
     patience = o.early_stopping_patience
-    return bool(patience) and int(run.evals_without_improvement.numpy()) >= patience
+    return bool(patience) and int(run.evals_without_improvement.numpy()) >= patience, mean
 
   t0, cpu0 = time.time(), time.process_time()
   pending: list[dict[str, tf.Tensor]] = []
@@ -161,6 +188,7 @@ def fit(run: RunState, train_step, batches: Callable[[int], Iterable],
   step = start
   stopped_early = False
   rates = run.model.learned_rates
+  listener = _VALIDATION_LISTENER.get()
   with _stop_requests() as stop_requests:
     if step < o.num_steps_limit:
       for batch in batches(step):
@@ -194,8 +222,12 @@ def fit(run: RunState, train_step, batches: Callable[[int], Iterable],
           progress.update(step, text)
         checkpoint_step = step % o.checkpoint_steps == 0 or step == o.num_steps_limit
         if checkpoint_step:
-          stopped_early = validation(step)
+          stopped_early, mean = validation(step)
           run.save_latest()
+          if listener is not None:  # may raise to stop training (validation_listener)
+            train_writer.flush()
+            valid_writer.flush()
+            listener(step, mean)
           if stopped_early:
             progress.message(f"{prefix}Early stopping at step {step}: no better meta-validation "
                              f"{score.label} in {o.early_stopping_patience} evaluations.")
