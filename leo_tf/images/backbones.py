@@ -15,6 +15,26 @@
 Both are plain functional keras.Models whose `training` argument switches batch
 norm (and WRN dropout) between batch and running statistics; the backbone
 itself holds no classifier (stage 1 adds one, see pretrain.py).
+
+Stage 1 trains on the last layer's features, but the embeddings may come from
+earlier: "we choose the intermediate feature representation in layer 21, given
+that higher layers tend to specialize to the training distribution" (section
+4.2.2). `BackboneConfig.feature_layers` names them, "+"-joined (concatenated
+in that order), and `feature_extractor` builds the model that computes them
+from a trained backbone (the same layers, so the same weights file):
+  conv4        blockI_pool  block I's output after its 2x2 max-pool, averaged over
+                            space (block3_pool is the last layer's, the default);
+               blockI_avg   block I's ReLU output averaged over space (before the
+                            max-pool);
+               blockI_flat  block I's output after its max-pool, flattened.
+  wide_resnet  layerL       the output of the stem (L = 1) or of the residual block
+                            that ends with main-path convolution L (L = 3, 5, ...,
+                            6n + 1), averaged over space; layer21, the paper's
+                            choice (the second block of the last group, 640-d
+                            for WRN-28-10), is the default for depth 28;
+               final        the last batch norm and ReLU, averaged over space
+                            (the default for other depths, where the paper
+                            made no choice).
 """
 
 from __future__ import annotations
@@ -38,6 +58,9 @@ class BackboneConfig:
   wrn_depth: int = 28  # wide_resnet: d, with (d - 4) % 6 == 0 (28: 4 blocks per group)
   wrn_width: int = 10  # wide_resnet: k, the widening factor (F = 64 k)
   wrn_dropout_rate: float = 0.0  # wide_resnet: dropout between the two convs of a block
+  # Where the embeddings come from, "+"-joined layer names (see the module doc); ""
+  # means the backbone's default: conv4 block3_pool, wide_resnet the paper's layer 21.
+  feature_layers: str = ""
 
   def __post_init__(self):
     if self.name not in BACKBONES:
@@ -57,13 +80,95 @@ class BackboneConfig:
       raise ValueError(f"wrn_width must be >= 1, got {self.wrn_width}.")
     if not 0.0 <= self.wrn_dropout_rate < 1.0:
       raise ValueError(f"wrn_dropout_rate must be in [0, 1), got {self.wrn_dropout_rate}.")
+    if not self.feature_layers:
+      object.__setattr__(self, "feature_layers", self.default_feature_layers)
+    taps = feature_taps(self)
+    for layer in self.feature_layers.split("+"):
+      if layer not in taps:
+        raise ValueError(
+            f"feature_layers: {layer!r} is not a layer of this {self.name}; choose from "
+            f"{', '.join(taps)}, '+'-joined to concatenate (e.g. {self.default_feature_layers}).")
 
   @property
-  def feature_dim(self) -> int:
-    """F, the size of the features (the embedding_dim of stage 2)."""
+  def default_feature_layers(self) -> str:
+    """conv4: the last layer's; WRN-28: the paper's layer 21; other WRN depths: the last layer's."""
+    if self.name == "wide_resnet" and self.wrn_depth == 28:
+      return "layer21"  # the output of group 3's second block, 640-d for WRN-28-10
+    return self.final_layer
+
+  @property
+  def blocks_per_group(self) -> int:
+    """n = (d - 4) / 6 residual blocks in each of the WRN's three groups."""
+    return (self.wrn_depth - 4) // 6
+
+  @property
+  def final_layer(self) -> str:
+    """The name of the last layer's features, the backbone's own output."""
+    return "block3_pool" if self.name == "conv4" else "final"
+
+  @property
+  def final_dim(self) -> int:
+    """The last layer's size, on which stage 1 trains its classifier."""
     if self.name == "conv4":
       return int(self.conv4_channels[-1])
     return 64 * self.wrn_width
+
+  @property
+  def feature_dim(self) -> int:
+    """F, the size of the embeddings (feature_layers; the embedding_dim of stage 2)."""
+    taps = feature_taps(self)
+    return sum(taps[layer] for layer in self.feature_layers.split("+"))
+
+
+def feature_taps(config: BackboneConfig) -> dict[str, int]:
+  """Every layer `feature_layers` can name, with the size of its features."""
+  if config.name == "conv4":
+    taps, side = {}, config.image_size
+    for i, channels in enumerate(config.conv4_channels):
+      side //= 2  # after the block's 2x2 max-pool
+      taps[f"block{i}_pool"] = taps[f"block{i}_avg"] = channels
+      if side:
+        taps[f"block{i}_flat"] = side * side * channels
+    return taps
+  n = config.blocks_per_group
+  taps = {"layer1": 16}
+  for j in range(3 * n):  # block j of all 3 n ends with main-path convolution 2 j + 3
+    taps[f"layer{2 * j + 3}"] = 16 * 2 ** (j // n) * config.wrn_width
+  taps["final"] = 64 * config.wrn_width
+  return taps
+
+
+def _tap_output(backbone: keras.Model, config: BackboneConfig, layer: str):
+  """The Keras tensor [B, F_layer] of one named layer of a built backbone."""
+  pool = lambda x: keras.layers.GlobalAveragePooling2D(name=f"{layer}_features")(x)
+  if config.name == "conv4":
+    block, kind = layer.split("_")
+    if kind == "avg":
+      return pool(backbone.get_layer(f"{block}_relu").output)
+    x = backbone.get_layer(f"{block}_pool").output
+    return pool(x) if kind == "pool" else keras.layers.Flatten(name=f"{layer}_features")(x)
+  if layer == "final":
+    return backbone.output
+  number = int(layer[len("layer"):])
+  if number == 1:
+    return pool(backbone.get_layer("stem_conv").output)
+  j, n = (number - 3) // 2, config.blocks_per_group
+  return pool(backbone.get_layer(f"group{j // n}_block{j % n}_add").output)
+
+
+def feature_extractor(backbone: keras.Model, config: BackboneConfig) -> keras.Model:
+  """images [B, S, S, C] -> the features config.feature_layers names, [B, config.feature_dim].
+
+  Shares the layers (and so the weights) of `backbone`, which `build(config)` made;
+  the last layer's features return `backbone` itself.
+  """
+  if config.feature_layers == config.final_layer:
+    return backbone
+  layers = config.feature_layers.split("+")
+  outputs = [_tap_output(backbone, config, layer) for layer in layers]
+  features = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(
+      name="features")(outputs)  # [B, F]
+  return keras.Model(backbone.input, features, name=f"{backbone.name}_features")
 
 
 def conv4(image_size: int = 28, image_channels: int = 1,

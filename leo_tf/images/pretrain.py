@@ -69,6 +69,9 @@ class PretrainConfig:
   output_path: str = "data/embeddings"  # the data_path of stage 2
   dataset_name: str = "omniglot"  # folder under output_path
   backbone: backbones.BackboneConfig = backbones.BackboneConfig()
+  # A folder stage 1 wrote: embed with its trained backbone instead of training one
+  # (backbone is then that folder's, with its own feature_layers).
+  backbone_from: str | None = None
   head: str = "linear"  # linear softmax, or cosine (learned scale) classifier on the features
   cosine_scale_init: float = 10.0  # s at the start (cosine head)
   epochs: int = 4  # passes over the meta-training images
@@ -182,8 +185,7 @@ def folder_splits(config: PretrainConfig) -> dict[str, ImageSplit]:
       for file_name in files:
         data = tf.io.read_file(os.path.join(root, class_name, file_name))
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size),
-                                method="area", antialias=True)  # [S, S, C]
+        image = preprocess_images(image[None], size, "image_dir")[0]  # [H, W, C] -> [S, S, C]
         images.append(image.numpy())
         labels.append(c)
         stem = file_name.replace("-", "_")
@@ -192,6 +194,106 @@ def folder_splits(config: PretrainConfig) -> dict[str, ImageSplit]:
                             labels=np.array(labels, np.int64), keys=tuple(keys),
                             num_classes=len(classes))
   return out
+
+
+def image_convention(config: PretrainConfig) -> str:
+  """How stage 1 turned its images into backbone inputs: "omniglot" or "image_dir"."""
+  return "image_dir" if config.image_dir else "omniglot"
+
+
+def preprocess_images(images, image_size: int, convention: str):
+  """Pixels uint8 [M, H, W, C] -> float32 [M, S, S, C], as stage 1 feeds its backbone.
+
+  "omniglot": ink 1.0 where a pixel is <= 127 (dark on white, as the official
+  PNGs, which stage 1 reads with this threshold; the shared npz files hold the
+  same drawings as booleans), background 0.0, then area averaging to S x S
+  (omniglot.resize). "image_dir": pixel / 255, then area averaging to S x S
+  (folder_splits). Any H and W; a TensorFlow function, so the serving graph
+  runs this very code (leo_tf.serving.images).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if convention == "omniglot":
+    ink = tf.cast(images <= 127, tf.float32)  # [M, H, W, C], ink 1.0
+    return tf.image.resize(ink, (image_size, image_size), method="area")  # [M, S, S, C]
+  if convention == "image_dir":
+    scaled = tf.cast(images, tf.float32) / 255.0  # [M, H, W, C] in [0, 1]
+    return tf.image.resize(scaled, (image_size, image_size), method="area", antialias=True)
+  raise ValueError(f"convention must be 'omniglot' or 'image_dir', got {convention!r}.")
+
+
+def backbone_config_of(folder: str, feature_layers: str | None = None
+                       ) -> tuple[backbones.BackboneConfig, dict[str, Any]]:
+  """The BackboneConfig of the backbone stage 1 wrote to `folder`, and its pretrain_info.json.
+
+  Args:
+    folder: <output_path>/<dataset_name>, holding pretrain_info.json and
+      backbone.weights.h5.
+    feature_layers: where the features come from (backbones.BackboneConfig);
+      None: those that produced the folder's embeddings ("": the default).
+
+  Raises:
+    FileNotFoundError: no pretrain_info.json or backbone.weights.h5 in folder.
+  """
+  info_path, weights_path = os.path.join(folder, INFO_FILE), os.path.join(folder, WEIGHTS_FILE)
+  for path in (info_path, weights_path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"No {path}: the backbone folder must be the one stage 1 wrote "
+          "(<output_path>/<dataset_name>, e.g. data/embeddings/omniglot, with "
+          f"{INFO_FILE} and {WEIGHTS_FILE}).")
+  with open(info_path) as f:
+    info = json.load(f)
+  fields = dict(info["config"]["backbone"])
+  fields["conv4_channels"] = tuple(fields["conv4_channels"])
+  # Folders written before feature_layers existed hold the last layer's features.
+  fields.setdefault("feature_layers", "final" if fields["name"] == "wide_resnet" else "")
+  if feature_layers is not None:
+    fields["feature_layers"] = feature_layers
+  return backbones.BackboneConfig(**fields), info
+
+
+def read_backbone(folder: str, feature_layers: str | None = None
+                  ) -> tuple[Any, backbones.BackboneConfig, dict[str, Any]]:
+  """The backbone stage 1 wrote to `folder`, with its weights (see backbone_config_of).
+
+  Returns:
+    (the whole backbone, keras.Model [M, S, S, C] -> its last layer's features
+    (backbones.feature_extractor takes the configured ones); its BackboneConfig;
+    the folder's pretrain_info.json).
+  """
+  backbone_config, info = backbone_config_of(folder, feature_layers)
+  backbone = backbones.build(backbone_config)
+  backbone.load_weights(os.path.join(folder, WEIGHTS_FILE))
+  return backbone, backbone_config, info
+
+
+def load_embedding_function(folder: str) -> tuple[Any, Callable, dict[str, Any]]:
+  """Stage 1's embedding function as `pretrain` wrote it to `folder`, for serving.
+
+  Args:
+    folder: <output_path>/<dataset_name>, holding pretrain_info.json and
+      backbone.weights.h5.
+
+  Returns:
+    (features: keras.Model float32 [M, S, S, C] -> features [M, F] from the
+    layers that produced the folder's embeddings, to be called with
+    training=False as make_embed_fn does; preprocess: pixels uint8
+    [M, H, W, C] -> float32 [M, S, S, C] (preprocess_images with stage 1's
+    size and convention); record: what an export writes down about it).
+
+  Raises:
+    FileNotFoundError: no pretrain_info.json or backbone.weights.h5 in folder.
+  """
+  import functools  # pylint: disable=g-import-not-at-top
+  backbone, backbone_config, info = read_backbone(folder)
+  convention = "image_dir" if info["config"].get("image_dir") else "omniglot"
+  preprocess = functools.partial(preprocess_images, image_size=backbone_config.image_size,
+                                 convention=convention)
+  record = {"folder": os.path.abspath(folder), "backbone": dataclasses.asdict(backbone_config),
+            "convention": convention, "embedding_dim": backbone_config.feature_dim,
+            "feature_layers": backbone_config.feature_layers,
+            "best_epoch": info.get("best_epoch")}
+  return backbones.feature_extractor(backbone, backbone_config), preprocess, record
 
 
 def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
@@ -286,7 +388,9 @@ def train_backbone(config: PretrainConfig, train: ImageSplit, val: ImageSplit,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(config.seed)
   backbone = backbones.build(config.backbone, seed=config.seed)
-  head_vars, logits_fn = _build_head(train.num_classes, config.backbone.feature_dim, config)
+  # The classifier sits on the last layer; the embeddings (and the epoch's choice) use
+  # the feature_layers, which may be earlier (backbones.feature_extractor).
+  head_vars, logits_fn = _build_head(train.num_classes, config.backbone.final_dim, config)
   m = train.images.shape[0]
   steps_per_epoch = -(-m // config.batch_size)
   total_steps = steps_per_epoch * config.epochs
@@ -309,7 +413,7 @@ def train_backbone(config: PretrainConfig, train: ImageSplit, val: ImageSplit,
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32)  # [B]
     return loss, tf.reduce_mean(correct, axis=0)
 
-  embed_fn = make_embed_fn(backbone)
+  embed_fn = make_embed_fn(backbones.feature_extractor(backbone, config.backbone))
 
   def validate():
     features = embed_fn(val.images, config.embed_batch_size)  # [M_val, F]
@@ -322,7 +426,8 @@ def train_backbone(config: PretrainConfig, train: ImageSplit, val: ImageSplit,
   history = [{"epoch": 0, "val_ncm_accuracy": mean, "val_ncm_ci95": half, "seconds": 0.0}]
   best_epoch, best_accuracy, best_weights = 0, mean, backbone.get_weights()
   log(f"stage 1: {config.backbone.name} ({backbone.count_params():,} parameters, "
-      f"F={config.backbone.feature_dim}) on {train.num_classes} classes / {m} images, "
+      f"features {config.backbone.feature_layers}, F={config.backbone.feature_dim}) on "
+      f"{train.num_classes} classes / {m} images, "
       f"{config.epochs} epochs of {steps_per_epoch} steps; untrained backbone: val "
       f"{config.eval_num_classes}-way {config.eval_num_shots}-shot NCM {100 * mean:.2f}%")
   for epoch in range(1, config.epochs + 1):
@@ -373,12 +478,22 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
   splits = folder_splits(config) if config.image_dir else omniglot_splits(config)
   log(f"stage 1: loaded {', '.join(f'{s} {v.num_classes} classes' for s, v in splits.items())} "
       f"[{time.time() - t0:.0f}s]")
-  backbone, history, best_epoch = train_backbone(config, splits["train"], splits["val"], log)
+  if config.backbone_from:
+    # Embed with a backbone stage 1 trained before (other feature_layers, same weights).
+    backbone, _, source = read_backbone(config.backbone_from)
+    history, best_epoch = source["history"], source["best_epoch"]
+    log(f"stage 1: the backbone of {config.backbone_from} (epoch {best_epoch}), features "
+        f"{config.backbone.feature_layers}")
+  else:
+    backbone, history, best_epoch = train_backbone(config, splits["train"], splits["val"], log)
   folder = output_folder(config)
   os.makedirs(folder, exist_ok=True)
-  backbone.save_weights(os.path.join(folder, WEIGHTS_FILE))
+  # Keras writes to a path ending in .weights.h5: a hidden one beside it, then renamed.
+  partial = os.path.join(folder, f".{os.getpid()}.{WEIGHTS_FILE}")
+  backbone.save_weights(partial)
+  os.replace(partial, os.path.join(folder, WEIGHTS_FILE))
   ncm = {}
-  embed_fn = make_embed_fn(backbone)
+  embed_fn = make_embed_fn(backbones.feature_extractor(backbone, config.backbone))
   for split_name, split in splits.items():
     features = embed_fn(split.images, config.embed_batch_size)  # [M, F]
     path = emb.split_path(config.output_path, config.dataset_name, "center", split_name)
@@ -392,6 +507,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
   info = {
       "config": dataclasses.asdict(config),
       "embedding_dim": config.backbone.feature_dim,
+      "feature_layers": config.backbone.feature_layers,  # which layers made the embeddings
       "num_classes": {s: v.num_classes for s, v in splits.items()},
       "num_images": {s: int(v.images.shape[0]) for s, v in splits.items()},
       "history": history,
@@ -411,14 +527,19 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 def config_from_flags(flags_values) -> PretrainConfig:
   """The PretrainConfig that parsed absl flags describe."""
   f = flags_values
-  backbone = backbones.BackboneConfig(
-      name=f.backbone, image_size=f.image_size, image_channels=f.image_channels,
-      conv4_channels=tuple(int(c) for c in f.conv4_channels),
-      wrn_depth=f.wrn_depth, wrn_width=f.wrn_width, wrn_dropout_rate=f.wrn_dropout_rate)
+  if f.backbone_from:
+    backbone = backbone_config_of(f.backbone_from, f.feature_layers)[0]
+  else:
+    backbone = backbones.BackboneConfig(
+        name=f.backbone, image_size=f.image_size, image_channels=f.image_channels,
+        conv4_channels=tuple(int(c) for c in f.conv4_channels),
+        wrn_depth=f.wrn_depth, wrn_width=f.wrn_width, wrn_dropout_rate=f.wrn_dropout_rate,
+        feature_layers=f.feature_layers)
   return PretrainConfig(
       data_dir=f.data_dir, omniglot_zips=tuple(f.omniglot_zips or ()),
       omniglot_tfds=f.omniglot_tfds, tfds_data_dir=f.tfds_data_dir, image_dir=f.image_dir,
-      output_path=f.output_path, dataset_name=f.dataset_name, backbone=backbone, head=f.head,
+      output_path=f.output_path, dataset_name=f.dataset_name, backbone=backbone,
+      backbone_from=f.backbone_from, head=f.head,
       epochs=f.epochs, batch_size=f.batch_size, learning_rate=f.learning_rate,
       weight_decay=f.weight_decay, augment_shift=f.augment_shift, max_classes=f.max_classes,
       num_eval_tasks=f.num_eval_tasks, eval_num_classes=f.eval_num_classes,
@@ -452,6 +573,13 @@ def define_flags() -> None:
   flags.DEFINE_integer("wrn_depth", b.wrn_depth, "wide_resnet: depth d (28 in the paper).")
   flags.DEFINE_integer("wrn_width", b.wrn_width, "wide_resnet: widening k (10 in the paper).")
   flags.DEFINE_float("wrn_dropout_rate", b.wrn_dropout_rate, "wide_resnet: dropout in blocks.")
+  flags.DEFINE_string("feature_layers", "", "Where the embeddings come from, '+'-joined to "
+                      "concatenate: conv4 blockI_pool, blockI_avg, blockI_flat (I = 0..3; default "
+                      "block3_pool, the last layer); wide_resnet layerL (L = 1, 3, ..., the main "
+                      "path's convolutions; default the paper's layer 21 of WRN-28-10) or final.")
+  flags.DEFINE_string("backbone_from", None, "A folder stage 1 wrote (<output_path>/<dataset_name>): "
+                      "embed with its trained backbone instead of training one (e.g. other "
+                      "--feature_layers into another --dataset_name); its backbone flags win.")
   flags.DEFINE_enum("head", d.head, HEADS, "Classifier head used in pre-training only.")
   flags.DEFINE_integer("epochs", d.epochs, "Epochs over the meta-training images.")
   flags.DEFINE_integer("batch_size", d.batch_size, "Images per step.")
@@ -471,7 +599,7 @@ def main(argv):
   progress.start_command(argv, "leo_tf.images.pretrain")
   try:
     config = config_from_flags(flags.FLAGS)
-  except ValueError as e:
+  except (ValueError, FileNotFoundError) as e:
     progress.command_error("leo_tf.images.pretrain", str(e))
   try:
     info = pretrain(config)

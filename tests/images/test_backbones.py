@@ -69,3 +69,59 @@ def test_config_refusals_name_the_fix():
     backbones.BackboneConfig(name="resnet12")
   assert backbones.BackboneConfig(name="wide_resnet", wrn_width=10).feature_dim == 640
   assert backbones.BackboneConfig(conv4_channels=(64, 64, 64, 128)).feature_dim == 128
+
+
+def test_feature_layers_by_hand_and_sharing_the_trained_weights(tmp_path):
+  # conv4 on 28x28 with channels (4, 6, 8, 10): blocks end at 14, 7, 3, 1 pixels.
+  config = backbones.BackboneConfig(conv4_channels=(4, 6, 8, 10))
+  assert config.feature_layers == "block3_pool" and config.feature_dim == 10
+  taps = backbones.feature_taps(config)
+  assert (taps["block2_flat"], taps["block2_avg"], taps["block1_flat"]) == (3 * 3 * 8, 8, 7 * 7 * 6)
+  model = backbones.build(config, seed=3)
+  model.save_weights(str(tmp_path / "b.weights.h5"))
+  images = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+  relu2 = keras_output(model, "block2_relu", images)  # [2, 7, 7, 8]
+  pool2 = keras_output(model, "block2_pool", images)  # [2, 3, 3, 8]
+  expected = {
+      "block2_avg": relu2.mean(axis=(1, 2)),
+      "block2_flat": pool2.reshape(2, -1),
+      "block2_flat+block3_pool": np.concatenate([pool2.reshape(2, -1),
+                                                 model(images, training=False).numpy()], -1),
+  }
+  for layers, want in expected.items():
+    chosen = backbones.BackboneConfig(conv4_channels=(4, 6, 8, 10), feature_layers=layers)
+    fresh = backbones.build(chosen, seed=9)  # other initial weights, then stage 1's
+    fresh.load_weights(str(tmp_path / "b.weights.h5"))
+    features = backbones.feature_extractor(fresh, chosen)(images, training=False).numpy()
+    assert features.shape == (2, chosen.feature_dim)
+    np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6, err_msg=layers)
+  assert backbones.feature_extractor(model, config) is model  # the last layer: the backbone
+
+
+def keras_output(model, layer_name, images):
+  import keras  # pylint: disable=g-import-not-at-top
+  probe = keras.Model(model.input, model.get_layer(layer_name).output)
+  return probe(images, training=False).numpy()
+
+
+def test_wide_resnet_layer_21_is_the_papers_and_refusals_name_the_layers():
+  wrn = backbones.BackboneConfig(name="wide_resnet", image_size=84, image_channels=3)
+  assert wrn.feature_layers == "layer21" and wrn.feature_dim == 640
+  taps = backbones.feature_taps(wrn)
+  # Stem = layer 1; 12 blocks of 2 convolutions end at layers 3, 5, ..., 25; 160, 320, 640 wide.
+  assert list(taps)[:3] == ["layer1", "layer3", "layer5"] and taps["layer25"] == 640
+  assert (taps["layer9"], taps["layer11"], taps["layer17"], taps["layer19"]) == (160, 320, 320, 640)
+  small = backbones.BackboneConfig(name="wide_resnet", image_size=16, image_channels=3,
+                                   wrn_depth=10, wrn_width=1, feature_layers="layer5+final")
+  model = backbones.build(small)
+  extractor = backbones.feature_extractor(model, small)
+  images = np.random.default_rng(1).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  block1 = keras_output(model, "group1_block0_add", images).mean(axis=(1, 2))  # [2, 32]
+  np.testing.assert_allclose(extractor(images, training=False).numpy(),
+                             np.concatenate([block1, model(images, training=False).numpy()], -1),
+                             rtol=1e-5, atol=1e-6)
+  assert backbones.BackboneConfig(name="wide_resnet", wrn_depth=16).feature_layers == "final"
+  with pytest.raises(ValueError, match="'layer21' is not a layer of this conv4.*block3_pool"):
+    backbones.BackboneConfig(feature_layers="layer21")
+  with pytest.raises(ValueError, match="'layer4' is not a layer of this wide_resnet"):
+    backbones.BackboneConfig(name="wide_resnet", feature_layers="layer3+layer4")

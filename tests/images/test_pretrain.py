@@ -1,5 +1,6 @@
 """Tests for leo_tf.images.pretrain: stage 1's pieces and its command on real Omniglot drawings."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -92,6 +93,23 @@ def test_wide_resnet_at_reduced_size_from_an_image_folder(tmp_path):
   assert split.image_names[0] == "n20000000_img_0.png"  # '-' in file names replaced
   np.testing.assert_allclose(np.linalg.norm(split.embeddings, axis=1), 1.0, rtol=1e-5)
   assert os.path.isfile(tmp_path / "out" / "tinyimages" / pretrain.WEIGHTS_FILE)
+  assert info["feature_layers"] == "final"  # WRN-10 (the paper chose layer 21 of WRN-28 only)
+
+  # The same trained backbone, embedded from an earlier layer without training again.
+  earlier = dataclasses.replace(
+      config, dataset_name="tinyimages_layer5", backbone_from=str(tmp_path / "out" / "tinyimages"),
+      backbone=dataclasses.replace(backbone, feature_layers="layer5"))
+  again = pretrain.pretrain(earlier)
+  assert again["feature_layers"] == "layer5" and again["embedding_dim"] == 32
+  assert again["best_epoch"] == info["best_epoch"] and again["history"] == info["history"]
+  features, preprocess, record = pretrain.load_embedding_function(
+      str(tmp_path / "out" / "tinyimages_layer5"))
+  assert record["feature_layers"] == "layer5" and record["embedding_dim"] == 32
+  data = embeddings.read_embeddings_file(
+      str(tmp_path / "out" / "tinyimages_layer5" / "center" / "test_embeddings.pkl"), 32)
+  test_images = pretrain.folder_splits(config)["test"].images
+  np.testing.assert_allclose(data.embeddings, features(test_images, training=False).numpy(),
+                             rtol=1e-4, atol=1e-5)
 
 
 
