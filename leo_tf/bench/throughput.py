@@ -3,7 +3,7 @@ r"""Throughput benchmark: `python -m leo_tf.bench`.
 Times, after warm-up, on random L2-normalised embeddings with the model's real
 configuration (D = 640, n_z = 64, 5 + 5 inner steps):
   - one meta-training step, 5-way 1-shot and 5-shot, meta-batch 12, 15 queries
-    per class;
+    per class (5-shot also with --weight_sampling=class_mean: case *_classmean);
   - evaluation, 5-way 1-shot and 5-shot with every remaining query (599 / 595
     per class of 600 images), 200 tasks per batch, as classification.experiment evaluates
     LEO (classification.evaluation.SplitEvaluator; sampling the tasks included);
@@ -46,6 +46,8 @@ def _cases() -> list[str]:
         names.append(f"{kind}_5way{shots}shot_{xla}")
   # tf.distribute: one meta-batch of 12 split over 2 logical CPU replicas (no XLA there).
   names += ["train_5way1shot_mirrored2", "train_5way5shot_mirrored2"]
+  # K > 1 with the class-mean weight sampling (one draw per class) beside the default per-copy.
+  names += ["train_5way5shot_xla_classmean"]
   return names
 
 
@@ -62,7 +64,9 @@ def run_case(case: str) -> dict:
   from leo_tf.outer import step as outer_step
   # pylint: enable=g-import-not-at-top
 
-  kind, ways_shots, xla = case.split("_")
+  kind, ways_shots, xla, *variant = case.split("_")
+  model_config = ModelConfig(weight_sampling="class_mean" if variant == ["classmean"] else
+                             "per_copy")
   shots = int(ways_shots.split("way")[1].rstrip("shot"))
   jit = xla == "xla"
   times = []
@@ -76,7 +80,7 @@ def run_case(case: str) -> dict:
                          f"{strategy.num_replicas_in_sync}.")
     config = OuterConfig(jit_compile=True)
     with strategy.scope():
-      model = LEO(ModelConfig(), seed=0)
+      model = LEO(model_config, seed=0)
       optimizer = outer_step.make_optimizer(model, config)
     step = distribute.make_distributed_train_step(model, optimizer, config, strategy)
     batch = 12
@@ -87,7 +91,7 @@ def run_case(case: str) -> dict:
       problems.append(distribute.split_for_replicas(
           strategy, lambda r, p=p: episodes.ProblemInstance(*[a[r * per:(r + 1) * per] for a in p])))
   else:
-    model = LEO(ModelConfig(), seed=0)
+    model = LEO(model_config, seed=0)
   if kind == "train" and not xla.startswith("mirrored"):
     config = OuterConfig(jit_compile=jit)
     step = outer_step.make_train_step(model, outer_step.make_optimizer(model, config), config)
