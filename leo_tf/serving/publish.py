@@ -85,7 +85,9 @@ def publish(export_dir: str, write_version: Callable[[str, int], None]) -> str:
 
   Raises:
     FileExistsError: another process published the same version meanwhile.
-    Whatever write_version raises; the temporary folder is removed first.
+    OSError: the file system refused a write (e.g. ENOSPC; atomic.write_failure),
+      naming the version and saying that nothing was published.
+    Whatever else write_version raises; the temporary folder is removed first.
   """
   os.makedirs(export_dir, exist_ok=True)
   existing = versions(export_dir)
@@ -102,8 +104,14 @@ def publish(export_dir: str, write_version: Callable[[str, int], None]) -> str:
           f"Version {version} appeared in {export_dir!r} during this export (another export "
           "running?); run the export again to write the next version.")
     os.rename(tmp_dir, final_dir)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    failure = None if isinstance(e, FileExistsError) else atomic.write_failure(e)
+    if failure is not None:  # a full disk, a quota, ... (OSError or TensorFlow's error)
+      raise OSError(failure[0], f"could not write version {version} of {export_dir} "
+                    f"({failure[1]}); nothing was published and no partial folder is left "
+                    f"(versions {existing or 'none'} are as they were). Free space and export "
+                    "again.") from e
     raise
   atomic.fsync_dir(export_dir)
   return final_dir
