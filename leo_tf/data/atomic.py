@@ -9,9 +9,14 @@ place, flushed with fsync_tree and renamed in one step (serving.publish).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+
+# The system errors of a write that the file system refused: a full disk, a quota, a
+# read-only or forbidden folder, a failing device, a file too large.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
 
 
 def fsync_dir(folder: str) -> None:
@@ -26,6 +31,24 @@ def fsync_dir(folder: str) -> None:
     pass
   finally:
     os.close(fd)
+
+
+def write_failure(error: BaseException) -> tuple[int, str] | None:
+  """(errno, the system's text) if `error` is a write the file system refused, else None.
+
+  An OSError carries its errno; TensorFlow's writers (checkpoints, SavedModels,
+  summaries) raise their own errors (ResourceExhaustedError for ENOSPC), whose
+  message holds the system's text, e.g. "No space left on device".
+  """
+  if isinstance(error, OSError):
+    if error.errno not in WRITE_ERRNOS:
+      return None
+    return error.errno, error.strerror or os.strerror(error.errno)
+  text = str(error)
+  for code in WRITE_ERRNOS:
+    if os.strerror(code) in text:
+      return code, os.strerror(code)
+  return None
 
 
 def _current_umask() -> int:

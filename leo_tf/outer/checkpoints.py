@@ -20,6 +20,7 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -91,7 +92,9 @@ class RunState:
   def restore_latest(self) -> bool:
     """Restores the newest checkpoint of the run (the chief's) that reads back whole.
 
-    A newer one that does not (a torn write, a truncated or zeroed file, a
+    The candidates are the latest checkpoints in ckpt/ and the best one in
+    best/ (it holds the whole state at its step), newest step first. A newer
+    one that does not read back (a torn write, a truncated or zeroed file, a
     disk that filled up) is skipped with a warning naming the steps that will
     be trained again; the manager keeps max_to_keep checkpoints, one every
     checkpoint_steps, so at most that many steps are lost.
@@ -103,29 +106,47 @@ class RunState:
       ValueError: there are checkpoints, and none of them reads back whole.
     """
     folder = os.path.join(self.root, "ckpt")
-    state = tf.train.get_checkpoint_state(folder)
-    if state is None or not state.model_checkpoint_path:
+    candidates = self._resume_candidates()
+    if not candidates:
       return False
-    newest_first = list(reversed(state.all_model_checkpoint_paths)) or [
-        state.model_checkpoint_path]
     unreadable = []
-    for prefix in newest_first:
+    for step, prefix in candidates:
       try:
         self.checkpoint.restore(prefix).assert_existing_objects_matched()
       except (*DAMAGED, ValueError, AssertionError) as e:
-        unreadable.append(f"{os.path.basename(prefix)} ({type(e).__name__})")
+        unreadable.append(f"{_run_relative(self.root, prefix)} ({type(e).__name__})")
         continue
+      name = _run_relative(self.root, prefix)
       if unreadable:
-        newest = checkpoint_step_of_name(newest_first[0])
-        step = int(self.step.numpy())
-        print(f"Warning: {', '.join(unreadable)} in {folder} could not be read back whole; "
-              f"resuming from {os.path.basename(prefix)}: steps {step + 1} to {newest} are "
-              "trained again.", file=sys.stderr, flush=True)
+        newest = candidates[0][0]
+        again = (f"steps {step + 1} to {newest} are trained again" if step < newest else
+                 "it holds the same step, so no step is trained again")
+        print(f"Warning: {', '.join(unreadable)} in {self.root} could not be read back whole; "
+              f"resuming from {name}: {again}.", file=sys.stderr, flush=True)
+      elif os.path.dirname(prefix) != folder:  # the best checkpoint, newer than ckpt/'s
+        print(f"Resuming from the best checkpoint {name} (step {step}): {folder} has no "
+              "checkpoint of that step (its write did not finish).", file=sys.stderr,
+              flush=True)
       return True
     raise ValueError(
-        f"No checkpoint in {folder} reads back whole ({', '.join(unreadable)}); the files are "
-        "damaged. Move that folder away to train from step 0 (best/ keeps the best model), or "
-        "restore it from a copy.")
+        f"No checkpoint in {self.root} reads back whole ({', '.join(unreadable)}); the files "
+        "are damaged. Move ckpt/ and best/ away to train from step 0, or restore them from a "
+        "copy.")
+
+  def _resume_candidates(self) -> list[tuple[int, str]]:
+    """(step, prefix) of the latest checkpoints and the best one, newest first."""
+    candidates = []
+    state = tf.train.get_checkpoint_state(os.path.join(self.root, "ckpt"))
+    if state is not None and state.model_checkpoint_path:
+      for prefix in state.all_model_checkpoint_paths or [state.model_checkpoint_path]:
+        candidates.append((checkpoint_step_of_name(prefix) or 0, prefix))
+    try:
+      prefix, record = best_checkpoint(self.root)
+      candidates.append((int(record["step"]), prefix))
+    except (OSError, ValueError, KeyError, TypeError):
+      pass  # no best checkpoint (or an unreadable pointer): ckpt/ alone
+    # Newest step first; of one step, ckpt/'s before best/'s (sort is stable).
+    return sorted(candidates, key=lambda c: -c[0])
 
   def remove_scratch(self) -> None:
     """Deletes a non-chief worker's scratch folder."""
@@ -133,7 +154,10 @@ class RunState:
       shutil.rmtree(self.path, ignore_errors=True)
 
   def save_latest(self) -> str:
-    return self.manager.save(checkpoint_number=int(self.step.numpy()))
+    """Writes the latest checkpoint (ckpt/ckpt-<step>); see _write for a failed write."""
+    step = int(self.step.numpy())
+    return self._write(os.path.join(self.path, "ckpt", f"ckpt-{step}"),
+                       lambda: self.manager.save(checkpoint_number=step))
 
   def save_best(self, score: float) -> str:
     """Writes the best checkpoint, then points best/best.json at it atomically.
@@ -145,15 +169,67 @@ class RunState:
     best_dir = os.path.join(self.path, "best")
     os.makedirs(best_dir, exist_ok=True)
     step = int(self.step.numpy())
-    prefix = self.checkpoint.write(os.path.join(best_dir, f"ckpt-{step}"))
-    atomic.write_json_atomically(os.path.join(best_dir, BEST_POINTER), {
-        "checkpoint": os.path.basename(prefix), "step": step,
-        f"metavalid_{self.model.score.name}": score})
+    prefix = os.path.join(best_dir, f"ckpt-{step}")
+
+    def write() -> str:
+      written = self.checkpoint.write(prefix)
+      atomic.write_json_atomically(os.path.join(best_dir, BEST_POINTER), {
+          "checkpoint": os.path.basename(written), "step": step,
+          f"metavalid_{self.model.score.name}": score})
+      return written
+
+    prefix = self._write(prefix, write)
     keep = os.path.basename(prefix)
     for name in os.listdir(best_dir):
       if name.startswith("ckpt-") and not name.startswith(keep + "."):
-        os.remove(os.path.join(best_dir, name))
+        _remove(os.path.join(best_dir, name))
     return prefix
+
+  def _write(self, prefix: str, write: Callable[[], str]) -> str:
+    """Runs write() (which writes checkpoint `prefix`); a failed write leaves no partial file.
+
+    Raises:
+      OSError: the write failed on the file system (a full disk, a quota, a
+        read-only folder: an OSError, or TensorFlow's error for one); its
+        message names the checkpoint, the cause, and the step the same
+        command resumes from. The partial files are removed first.
+    """
+    try:
+      return write()
+    except Exception as e:  # pylint: disable=broad-except
+      failure = atomic.write_failure(e)
+      if failure is None:
+        raise
+      pointed = None
+      try:
+        pointed, _ = best_checkpoint(self.path)
+      except (OSError, ValueError, KeyError, TypeError):
+        pass
+      if prefix != pointed:  # never the files a pointer names
+        _remove(prefix + "_temp")
+        for path in glob.glob(glob.escape(prefix) + ".*"):
+          _remove(path)
+      resume = [c for c in self._resume_candidates() if c[1] != prefix]
+      where = (f"from step {resume[0][0]} ({_run_relative(self.root, resume[0][1])})"
+               if resume else "from step 0 (no checkpoint was written before)")
+      raise OSError(
+          failure[0],
+          f"could not write the checkpoint {prefix} ({failure[1]}); nothing "
+          f"was lost and no partial file is left. Free space (or fix the folder) and run the "
+          f"same command again: it resumes {where}, to the weights of an uninterrupted "
+          "run.") from e
+
+def _remove(path: str) -> None:
+  """Removes a file or a folder (missing is fine)."""
+  if os.path.isdir(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+def _run_relative(root: str, prefix: str) -> str:
+  """ckpt/ckpt-30 or best/ckpt-20: a checkpoint's prefix inside its run folder."""
+  return os.path.relpath(prefix, root)
 
 
 def best_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
@@ -243,9 +319,10 @@ def write_results(path: str, results: dict[str, Any]) -> None:
   """Writes a results file atomically; a clear error if the folder is not writable."""
   try:
     atomic.write_json_atomically(path, results)
-  except OSError as e:
-    raise OSError(f"could not write the results to {path} ({e.strerror or e}); they are printed "
-                  "above. Pass --results_dir=<a writable folder> to keep them.") from e
+  except OSError as e:  # atomic_write removed its temporary file: `path` is untouched
+    raise OSError(f"could not write the results to {path} ({e.strerror or e}); nothing was "
+                  f"lost: they are printed above, and {path} is as it was (no partial file is "
+                  "left). Pass --results_dir=<a writable folder> to keep them.") from e
 
 
 def check_resume_config(checkpoint_path: str, config) -> None:

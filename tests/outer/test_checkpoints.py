@@ -112,8 +112,8 @@ def test_results_that_cannot_be_written_say_where_to_write_them(tmp_path, monkey
 
   monkeypatch.setattr(checkpoints.atomic, "write_json_atomically", read_only)
   with pytest.raises(OSError, match=r"could not write the results to .*results_test.json "
-                                    r"\(Read-only file system\); they are printed above. Pass "
-                                    r"--results_dir="):
+                                    r"\(Read-only file system\); nothing was lost: they are "
+                                    r"printed above, .* Pass --results_dir="):
     checkpoints.write_results(str(tmp_path / "results_test.json"), {"num_tasks": 1})
 
 
@@ -145,9 +145,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_whole_one(tmp_path
   assert int(run.step.numpy()) == 20
   np.testing.assert_array_equal(run.model.inner_lr.numpy(), [20.0, 20.0])
   warning = capsys.readouterr().err
-  assert warning.startswith("Warning: ckpt-30 (")
-  assert warning.rstrip().endswith("could not be read back whole; resuming from ckpt-20: steps "
-                                   "21 to 30 are trained again.")
+  assert warning.startswith("Warning: ckpt/ckpt-30 (")
+  assert warning.rstrip().endswith("could not be read back whole; resuming from ckpt/ckpt-20: "
+                                   "steps 21 to 30 are trained again.")
 
 
 def test_no_whole_checkpoint_and_a_damaged_best_are_clear_errors(tmp_path):
@@ -157,9 +157,32 @@ def test_no_whole_checkpoint_and_a_damaged_best_are_clear_errors(tmp_path):
   for pattern in ("ckpt/ckpt-10.data-*", "best/ckpt-10.data-*"):
     with open(glob.glob(str(tmp_path / pattern))[0], "r+b") as f:
       f.truncate(8)
-  with pytest.raises(ValueError, match=r"No checkpoint in .*ckpt reads back whole \(ckpt-10 "):
+  with pytest.raises(ValueError, match=r"No checkpoint in .* reads back whole \(ckpt/ckpt-10 "
+                                       r"\(IndexError\), best/ckpt-10 \(IndexError\)\)"):
     _tiny_run(tmp_path).restore_latest()
   with pytest.raises(ValueError, match=r"Checkpoint .*best/ckpt-10 could not be read .*its "
                                        r"files are damaged"):
     checkpoints.restore_best(LEO(ModelConfig(embedding_dim=8, num_latents=2)), str(tmp_path),
                              "config.json")
+
+
+def test_a_best_checkpoint_newer_than_the_latest_is_resumed_from(tmp_path, capsys):
+  run = _tiny_run(tmp_path)
+  _saved_at(run, 10)
+  run.step.assign(20)
+  run.model.inner_lr.assign(tf.fill([2], 20.0))
+  run.save_best(0.5)  # then the process stopped before ckpt/ckpt-20 was written
+  run = _tiny_run(tmp_path)
+  assert run.restore_latest()
+  assert int(run.step.numpy()) == 20
+  np.testing.assert_array_equal(run.model.inner_lr.numpy(), [20.0, 20.0])
+  assert ("Resuming from the best checkpoint best/ckpt-20 (step 20): " in
+          capsys.readouterr().err)
+  # The latest checkpoint of the best's step damaged: the best has the same state.
+  _saved_at(run, 20)
+  with open(glob.glob(str(tmp_path / "ckpt" / "ckpt-20.data-*"))[0], "r+b") as f:
+    f.truncate(8)
+  run = _tiny_run(tmp_path)
+  assert run.restore_latest() and int(run.step.numpy()) == 20
+  assert capsys.readouterr().err.rstrip().endswith(
+      "resuming from best/ckpt-20: it holds the same step, so no step is trained again.")
