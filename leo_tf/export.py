@@ -8,6 +8,12 @@ model under the model base path that TF Serving watches (leo_tf.serving.export;
 signatures in leo_tf.serving.classification and leo_tf.serving.regression).
 A version is published atomically; exporting a checkpoint that a version
 already holds is refused unless --allow_duplicate.
+
+    python -m leo_tf.export --checkpoint_path=runs/omniglot/20way1shot/leo \
+        --export_dir=models/omniglot --backbone_dir=data/embeddings/omniglot
+
+also puts stage 1's backbone (the folder leo_tf.images.pretrain wrote the run's
+embeddings from) into the SavedModel, for the signatures that take images.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import os
 
 from tensorflow.core.protobuf import saved_model_pb2
 
+from leo_tf.images import pretrain
 from leo_tf.serving import export
+from leo_tf.serving import images
 from leo_tf.serving import publish
 from leo_tf.outer import lock
 from leo_tf.outer import progress
@@ -27,8 +35,13 @@ def main(argv):
   progress.start_command(argv, "leo_tf.export")
   f = flags.FLAGS
   try:
+    options = {"full_outputs": True} if f.full_outputs else {}
+    if f.backbone_dir:
+      options["front_end"] = images.FrontEnd(*pretrain.load_embedding_function(f.backbone_dir))
+    if options and export.read_run_config(f.checkpoint_path).to_dict()["problem"] != "classification":
+      raise ValueError("--backbone_dir and --full_outputs apply to classification runs only.")
     version_dir = export.export_checkpoint(f.checkpoint_path, f.export_dir, f.checkpoint or None,
-                                           allow_duplicate=f.allow_duplicate)
+                                           allow_duplicate=f.allow_duplicate, **options)
   except (ValueError, OSError, lock.RunFolderInUse) as e:
     raise SystemExit(f"leo_tf.export: error: {e}") from None
   record = publish.read_export_config(version_dir)
@@ -54,6 +67,14 @@ def _define_flags():
                       "A checkpoint prefix to export instead of the run's best one.")
   flags.DEFINE_bool("allow_duplicate", False,
                     "Write a new version even if one in export_dir holds this checkpoint.")
+  flags.DEFINE_string("backbone_dir", "",
+                      "Stage 1's folder (<output_path>/<dataset_name> of leo_tf.images.pretrain, "
+                      "with pretrain_info.json and backbone.weights.h5): adds the signatures "
+                      "that take images (images, image_bytes and their _batched forms).")
+  flags.DEFINE_bool("full_outputs", False,
+                    "The batched and image signatures also return classifier_weights and "
+                    "adapted_latents (image signatures: and the embeddings); by default they "
+                    "return probabilities and classes only.")
   flags.mark_flags_as_required(["checkpoint_path", "export_dir"])
 
 

@@ -112,7 +112,8 @@ def read_run_config(checkpoint_path: str):
 
 
 def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | None = None, *,
-                      allow_duplicate: bool = False, warmup: bool = True) -> str:
+                      allow_duplicate: bool = False, warmup: bool = True,
+                      **servable_options) -> str:
   """Exports a training run's best (or named) checkpoint as the next version.
 
   A regression run exports its LEO (checkpoint_path/leo).
@@ -125,6 +126,9 @@ def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | N
     allow_duplicate: write a new version even if one already holds this
       checkpoint (e.g. after a change to the export code).
     warmup: write TF Serving's warmup records.
+    **servable_options: passed to the problem's servable; classification:
+      front_end (serving.images.FrontEnd: stage 1's backbone, for the image
+      signatures) and full_outputs (see serving.classification.ServingModule).
 
   Returns:
     The version folder written, <export_dir>/<version>.
@@ -137,11 +141,12 @@ def export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | N
     lock.RunFolderInUse: another process trains in checkpoint_path.
   """
   with lock.RunLock(checkpoint_path, f"export to {export_dir}", create=False):  # no training
-    return _export_checkpoint(checkpoint_path, export_dir, checkpoint, allow_duplicate, warmup)
+    return _export_checkpoint(checkpoint_path, export_dir, checkpoint, allow_duplicate, warmup,
+                              servable_options)
 
 
 def _export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | None,
-                       allow_duplicate: bool, warmup: bool) -> str:
+                       allow_duplicate: bool, warmup: bool, servable_options) -> str:
   """export_checkpoint() once the run folder is locked."""
   run_config = read_run_config(checkpoint_path)
   problem = PROBLEMS[run_config.to_dict()["problem"]]
@@ -159,4 +164,4 @@ def _export_checkpoint(checkpoint_path: str, export_dir: str, checkpoint: str | 
   source = {"checkpoint_path": os.path.abspath(checkpoint_path),
             "checkpoint": os.path.abspath(prefix), "sha256": sha256, "step": record.get("step"),
             score: record.get(score)}
-  return export_model(model, run_config, export_dir, source, warmup=warmup)
+  return export_model(model, run_config, export_dir, source, warmup=warmup, **servable_options)

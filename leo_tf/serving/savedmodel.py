@@ -1,8 +1,9 @@
 """What every served learner's SavedModel shares: its variables tracked once, warmup records.
 
 A serving module (serving.classification, serving.regression) tracks the
-tf.Variables its signature functions read through `served_variables`, and
-describes TF Serving's warmup requests with `prediction_log`.
+tf.Variables its signature functions read through `served_variables`, checks
+requests with `chain_checks`, and describes TF Serving's warmup requests with
+`prediction_log`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,22 @@ import tensorflow as tf
 
 DEFAULT_MODEL_NAME = "leo"  # the model name in warmup requests (TF Serving's --model_name)
 SERVING_SIGNATURE = "serving_default"
+SHOWN = 8  # entries of each tensor that a failed check prints: shapes up to rank 8
+
+
+def chain_checks(checks, *tensors: tf.Tensor) -> tuple[tf.Tensor, ...]:
+  """Runs request checks in order inside a signature; returns the tensors, checked.
+
+  Each check is a function of the tensors that returns an op (an Assert); it
+  reads the tensors as passed on by the check before it, so its shapes,
+  slices and reductions run only on requests that passed the earlier checks
+  (tf.shape(s)[2] only on a support of rank 3), and the first problem is the
+  one reported. Every later op depends on all of them.
+  """
+  for check in checks:
+    with tf.control_dependencies([check(*tensors)]):
+      tensors = tuple(tf.identity(t) for t in tensors)
+  return tensors
 
 
 def tf_variable(variable) -> tf.Variable:

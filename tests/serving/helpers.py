@@ -6,7 +6,9 @@ The model is a small LEO (D = 32, n_z = 8); its variables are moved off their
 initial values so that adaptation changes the answer.
 """
 
+import dataclasses
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -16,10 +18,14 @@ from leo_tf.classification import experiment
 from leo_tf.classification.leo import ProblemInstance
 from leo_tf.core.config import ModelConfig, OuterConfig
 from leo_tf.data import embeddings
+from leo_tf.images import backbones
+from leo_tf.images import pretrain
 from leo_tf.outer import checkpoints
 from tests.paths import REPO
 
 D, NZ = 32, 8
+# A small conv4 for the image signatures: 28x28 grayscale Omniglot drawings -> D features.
+BACKBONE = backbones.BackboneConfig(conv4_channels=(8, 8, 16, D))
 SUBPROCESS_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 
@@ -86,3 +92,26 @@ def call(loaded, signature, support, query):
   """A classification signature of a loaded SavedModel on one task: outputs as arrays."""
   outputs = loaded.signatures[signature](support=tf.constant(support), query=tf.constant(query))
   return {name: value.numpy() for name, value in outputs.items()}
+
+
+def write_backbone(folder, seed=0):
+  """Writes a small stage-1 backbone as pretrain.pretrain does; returns the folder.
+
+  pretrain_info.json and backbone.weights.h5 of BACKBONE, its weights and its
+  batch-norm statistics (running means and variances, scales, offsets) moved off
+  their initial values, so that inference mode (running statistics) matters.
+  """
+  backbone = backbones.build(BACKBONE, seed=seed)
+  rng = np.random.default_rng(seed)
+  for layer in backbone.layers:
+    if layer.name.endswith("_bn"):
+      gamma, beta, mean, variance = layer.get_weights()
+      layer.set_weights([rng.uniform(0.5, 2.0, gamma.shape), rng.normal(0.2, 0.3, beta.shape),
+                         rng.normal(0.1, 0.2, mean.shape), rng.uniform(0.05, 0.5, variance.shape)])
+  os.makedirs(folder, exist_ok=True)
+  backbone.save_weights(os.path.join(folder, pretrain.WEIGHTS_FILE))
+  info = {"config": dataclasses.asdict(pretrain.PretrainConfig(backbone=BACKBONE)),
+          "embedding_dim": D, "best_epoch": 0}
+  with open(os.path.join(folder, pretrain.INFO_FILE), "w") as f:
+    json.dump(info, f)
+  return folder

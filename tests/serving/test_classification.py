@@ -131,9 +131,14 @@ def test_export_records_the_classifier(exported):
   assert record["format"] == classification.FORMAT
   assert record["run_config"]["problem"] == "classification"
   assert sorted(record["signatures"]) == sorted(
-      [classification.SERVING_SIGNATURE, classification.GENERATE_SIGNATURE, "inputs", "outputs",
-       "embedding_dim", "num_latents"])
+      [classification.SERVING_SIGNATURE, classification.GENERATE_SIGNATURE,
+       classification.EMBEDDINGS_BATCHED, classification.IMAGES, classification.IMAGES_BATCHED,
+       classification.IMAGE_BYTES, classification.IMAGE_BYTES_BATCHED, "inputs", "outputs",
+       "embedding_dim", "num_latents", "full_outputs"])
   assert (record["signatures"]["embedding_dim"], record["signatures"]["num_latents"]) == (D, NZ)
+  assert record["front_end"]["convention"] == "omniglot"
+  assert record["front_end"]["embed_chunk"] == 32
+  assert record["front_end"]["backbone"]["conv4_channels"] == [8, 8, 16, D]
 
 
 def _saved_model_cli(version_dir):
@@ -180,7 +185,8 @@ def test_graph_has_no_xla_one_handle_per_variable_and_is_deterministic(exported)
   # functions do not read (see serving.savedmodel.served_variables).
   handles = sorted(node.attr["shared_name"].s.decode() for node in graph.node
                    if node.op == "VarHandleOp")
-  assert len(handles) == len(exported.model.meta_variables), handles
+  assert len(handles) == (len(exported.model.meta_variables)
+                          + len(exported.front_end.backbone.variables)), handles
   ops = {node.op for node in graph.node}
   ops.update(node.op for function in graph.library.function for node in function.node_def)
   assert not {op for op in ops if "Xla" in op}, ops
@@ -282,15 +288,22 @@ def test_warmup_records_parse_and_replay(exported):
   described = [(log.predict_log.request.model_spec.signature_name,
                 tuple(tf.make_ndarray(log.predict_log.request.inputs["support"]).shape),
                 tuple(tf.make_ndarray(log.predict_log.request.inputs["query"]).shape))
-               for log in logs]
+               for log in logs[:4]]
   assert described == [(signature, (5, k, D), (75, D))
                        for signature in ("serving_default", "generate") for k in (1, 5)]
+  assert [log.predict_log.request.model_spec.signature_name for log in logs[4:]] == [
+      "embeddings_batched", "images", "images_batched", "image_bytes", "image_bytes_batched"]
   for log in logs:
     request = log.predict_log.request
+    signature = request.model_spec.signature_name
     inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-    outputs = call(exported.loaded, request.model_spec.signature_name, **inputs)
-    assert outputs["probabilities"].shape == (75, 5)
-    np.testing.assert_allclose(outputs["probabilities"].sum(axis=-1), np.ones(75), atol=1e-5)
+    outputs = {name: value.numpy() for name, value in
+               exported.loaded.signatures[signature](**inputs).items()}
+    q = 75 if signature in ("serving_default", "generate") else 5
+    shape = (2, q, 5) if signature.endswith("_batched") else (q, 5)
+    assert outputs["probabilities"].shape == shape, signature
+    np.testing.assert_allclose(outputs["probabilities"].sum(axis=-1), np.ones(shape[:-1]),
+                               atol=1e-5)
 
 
 def test_predict_request_gives_the_direct_answer(exported):
