@@ -86,29 +86,75 @@ def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") ->
   return codecs.encode(obj, "latin1")
 
 
-# (module, name) -> how to resolve it. What numpy needs to rebuild ndarrays of
-# numbers and byte strings, found by pickling such a dict with numpy (Python 2
-# writes numpy.core.multiarray, numpy >= 2 writes numpy._core.multiarray), plus
-# numpy scalars (labels may be a list of numpy ints) and Python 3's way of
-# writing bytes in protocol 2. No builtins are needed: dicts, lists, tuples,
-# strings and ints have their own opcodes.
+def _check_array_size(shape: Any, size: int) -> None:
+  """Refuses a shape of more elements than the file has bytes (a corrupt size field)."""
+  try:
+    count = float(np.prod(np.asarray(shape, dtype=np.float64), axis=None))
+  except (TypeError, ValueError) as e:
+    raise EmbeddingsError(f"an array's shape is not a tuple of sizes: {shape!r}.") from e
+  if count > size:
+    raise EmbeddingsError(f"an array of {count:.0f} elements, more than the file's {size} "
+                          "bytes.")
+
+
+class _NdarrayClass:
+  """Stands in for numpy.ndarray: the class argument of _reconstruct, or called directly."""
+
+  def __init__(self, size: int):
+    self._size = size
+
+  def __call__(self, shape, *args, **kwargs):
+    _check_array_size(shape, self._size)
+    return np.ndarray(shape, *args, **kwargs)
+
+
+def _bounded_reconstruct(size: int):
+  """numpy's _reconstruct, refusing an array of more elements than the file has bytes.
+
+  The published files call it with shape (0,) and fill the array from the
+  pickle's bytes; a corrupt shape could ask numpy for terabytes first.
+  """
+  reconstruct = _numpy_multiarray()._reconstruct
+
+  def checked(subtype, shape, dtype):
+    if not isinstance(subtype, _NdarrayClass):
+      raise EmbeddingsError(f"_reconstruct of {subtype!r}, not of numpy.ndarray.")
+    _check_array_size(shape, size)
+    return reconstruct(np.ndarray, shape, dtype)
+
+  return checked
+
+
+# (module, name) -> how to resolve it, given the file's size in bytes. What numpy
+# needs to rebuild ndarrays of numbers and byte strings, found by pickling such a dict
+# with numpy (Python 2 writes numpy.core.multiarray, numpy >= 2 writes
+# numpy._core.multiarray), plus numpy scalars (labels may be a list of numpy ints) and
+# Python 3's way of writing bytes in protocol 2. No builtins are needed: dicts, lists,
+# tuples, strings and ints have their own opcodes.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
-    ("numpy.core.multiarray", "scalar"): lambda: _numpy_multiarray().scalar,
-    ("numpy._core.multiarray", "scalar"): lambda: _numpy_multiarray().scalar,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: _latin1_encode,
+    ("numpy.core.multiarray", "_reconstruct"): _bounded_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _bounded_reconstruct,
+    ("numpy.core.multiarray", "scalar"): lambda size: _numpy_multiarray().scalar,
+    ("numpy._core.multiarray", "scalar"): lambda size: _numpy_multiarray().scalar,
+    ("numpy", "ndarray"): _NdarrayClass,
+    ("numpy", "dtype"): lambda size: np.dtype,
+    ("_codecs", "encode"): lambda size: _latin1_encode,
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler that resolves only the globals in `_ALLOWED_GLOBALS`."""
+class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
+  """Unpickler that resolves only the globals in `_ALLOWED_GLOBALS`.
 
-  def __init__(self, file: io.BufferedIOBase, path: str):
+  Python's own unpickler (pickle._Unpickler) rather than the C one: its memo is
+  a dict, so a corrupt memo index (LONG_BINPUT 1970089573) is one entry, where
+  the C unpickler grows an array to that size first (MemoryError). The format's
+  data is in a few long strings, so both read a file at the same speed.
+  """
+
+  def __init__(self, file, path: str, size: int):
     super().__init__(file, encoding="latin1")  # Python-2 str -> latin1 str.
     self._path = path
+    self._size = size
 
   def find_class(self, module: str, name: str) -> Any:
     resolve = _ALLOWED_GLOBALS.get((module, name))
@@ -117,17 +163,46 @@ class _RestrictedUnpickler(pickle.Unpickler):
           f"{self._path}: refused to load global {module}.{name}; an embeddings pickle "
           "needs only numpy arrays. The file is not in the LEO embeddings format or has "
           "been tampered with: do not load it with plain pickle.")
-    return resolve()
+    return resolve(self._size)
+
+
+class _SizedFile:
+  """A file opened for unpickling whose reads never ask for more bytes than it has left.
+
+  A corrupt length field (a flipped bit in a string's size) would otherwise make
+  pickle ask the file for gigabytes, which it allocates before reading
+  (MemoryError); asked for at most what is left, it reads short and pickle says
+  the data was truncated.
+  """
+
+  def __init__(self, f: io.BufferedIOBase):
+    self._f = f
+    self.size = os.fstat(f.fileno()).st_size
+
+  def _left(self, n: int | None) -> int:
+    left = max(self.size - self._f.tell(), 0)
+    return left if n is None or n < 0 else min(n, left)
+
+  def read(self, n: int | None = -1) -> bytes:
+    return self._f.read(self._left(n))
+
+  def readline(self, n: int | None = -1) -> bytes:
+    return self._f.readline(self._left(n))
+
+  def readinto(self, buffer) -> int:
+    view = memoryview(buffer).cast("B")
+    return self._f.readinto(view[:self._left(len(view))])
 
 
 def _unpickle(path: str) -> Any:
   try:
     with open(path, "rb") as f:
-      return _RestrictedUnpickler(f, path).load()
+      sized = _SizedFile(f)
+      return _RestrictedUnpickler(sized, path, sized.size).load()
   except UnsafePickleError:
     raise
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-          IndexError, KeyError, struct.error, UnicodeDecodeError) as e:
+          IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError) as e:
     raise EmbeddingsError(
         f"{path}: not a readable embeddings pickle (truncated or corrupt?): "
         f"{type(e).__name__}: {e}. Re-download or regenerate the file.") from e
