@@ -41,19 +41,26 @@ UNROLL_LENGTHS = ("inner_unroll_length", "finetuning_unroll_length")
 
 
 def check_at_least(config, minimum: int, *names: str, note: str = "") -> None:
-  """Every named field of `config` must be >= minimum (`note` explains the bound)."""
+  """Every named field of `config` must be >= minimum (`note` explains the bound), and finite."""
   for name in names:
     value = getattr(config, name)
-    if value < minimum:
+    if not value >= minimum:  # NaN included
       raise ValueError(f"{name} must be >= {minimum}{note}, got {value}.")
+    _check_finite(name, value)
 
 
 def check_positive(config, *names: str) -> None:
-  """Every named field of `config` must be > 0."""
+  """Every named field of `config` must be > 0, and finite."""
   for name in names:
     value = getattr(config, name)
     if not value > 0:
       raise ValueError(f"{name} must be > 0, got {value}.")
+    _check_finite(name, value)
+
+
+def _check_finite(name: str, value) -> None:
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ValueError(f"{name} must be a finite number, got {value}.")
 
 
 def check_fraction(config, name: str) -> None:
