@@ -13,12 +13,22 @@ meta-gradient on them (outer.step.raw_meta_gradients). The gradients and metrics
 are then all-reduced (mean over replicas, which is the gradient of the mean
 over the meta-batch), and the NaN/Inf fallback, clipping and Adam run once on
 the global gradient, exactly as on one device (outer.step.finalize_gradients).
+
+A worker lost from a multi-worker job (killed, its machine gone) aborts the
+others' collective ops: TensorFlow's coordination service and the gRPC link
+report it (UnavailableError "Connection reset by peer", within a second of the
+loss on localhost) instead of leaving them waiting. The survivors cannot go on
+(their collective state is aborted until the process restarts), so the step
+raises WorkerLost, a ConnectionError that says what to do: restart every
+worker with the same command, and the job resumes from the chief's latest
+checkpoint (outer.checkpoints) with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Callable
 
 import keras
@@ -29,6 +39,13 @@ from leo_tf.outer import step as outer_step
 from leo_tf.outer.learner import MetaLearner
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# What a collective op raises when a peer worker or the link to it went away.
+PEER_LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+             tf.errors.DeadlineExceededError)
+
+
+class WorkerLost(ConnectionError):
+  """A multi-worker step failed because another worker, or the link to it, is gone."""
 
 
 def configure_cpu_devices(num_devices: int) -> None:
@@ -124,7 +141,30 @@ def make_distributed_train_step(model: MetaLearner, optimizer: keras.optimizers.
     optimizer.apply_gradients(zip(grads, model.meta_variables))
     return metrics
 
-  return step
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return step
+
+  def multi_worker_step(batches, seed: tf.Tensor):
+    try:
+      return step(batches, seed)
+    except PEER_LOST as e:
+      raise WorkerLost(
+          f"a worker of the multi-worker job is gone ({_lost_peer(e)}); this worker cannot go on. "
+          "Restart every worker with the same command: the job resumes from the chief's "
+          "latest checkpoint.") from None
+
+  return multi_worker_step
+
+
+def _lost_peer(error: tf.errors.OpError) -> str:
+  """'<the peer's task>: <error type>: <the system's text>' from a collective op's error."""
+  message = error.message or str(error)
+  lines = [line.strip() for line in message.splitlines()
+           if line.strip() and not line.startswith((" ", "\t", "Graph execution error",
+                                                     "Detected at node"))]
+  peer = re.search(r"remote target (/job:[^ ]+)", message)
+  cause = f"{type(error).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+  return f"{peer.group(1)}: {cause}" if peer else cause
 
 
 def split_for_replicas(strategy: tf.distribute.Strategy, make_value: Callable[[int], object]):
