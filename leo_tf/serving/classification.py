@@ -196,11 +196,12 @@ def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
 
 def classify_tasks(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
                    ) -> dict[str, tf.Tensor]:
-  """`classify` on each of B tasks: support [B, N, K, D], query [B, Q, D] (normalised).
+  """L2-normalise and `classify` each of B tasks: raw support [B, N, K, D], query [B, Q, D].
 
-  One task at a time (tf.map_fn), each exactly as a single-task request: batched
-  tensor ops round differently with the batch size, and the TF Serving batcher
-  must not change an answer by putting a request beside others.
+  One task at a time (tf.map_fn), each exactly as a single-task request (the
+  normalisation too): batched tensor ops round differently with the batch size
+  (a reduction over D of B N K rows is not the same as of N K rows), and the TF
+  Serving batcher must not change an answer by putting a request beside others.
 
   Returns:
     probabilities [B, Q, N], classes int64 [B, Q], classifier_weights [B, N, D],
@@ -211,8 +212,13 @@ def classify_tasks(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: b
           "classes": tf.TensorSpec([None], tf.int64),
           "classifier_weights": tf.TensorSpec([None, c.embedding_dim], tf.float32),
           "adapted_latents": tf.TensorSpec([None, c.num_latents], tf.float32)}
-  return tf.map_fn(lambda task: classify(model, task[0], task[1], adapt=adapt), (support, query),
-                   fn_output_signature=spec)
+
+  def one_task(task):  # ([N, K, D], [Q, D]) -> outputs of one task
+    support, query = task
+    return classify(model, tf.nn.l2_normalize(support, axis=-1),  # as embeddings.l2_normalize_rows
+                    tf.nn.l2_normalize(query, axis=-1), adapt=adapt)
+
+  return tf.map_fn(one_task, (support, query), fn_output_signature=spec, parallel_iterations=1)
 
 
 # Signatures beside serving_default and generate (export/README.md lists them all).
@@ -277,8 +283,7 @@ class ServingModule(tf.Module):
                  jit_compile=False)
     def adapt_tasks(support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
       """Raw support [B, N, K, D], query [B, Q, D] (checked) -> classify_tasks' outputs."""
-      return classify_tasks(model, tf.nn.l2_normalize(support, axis=-1),
-                            tf.nn.l2_normalize(query, axis=-1), adapt=True)
+      return classify_tasks(model, support, query, adapt=True)
 
     @tf.function(input_signature=(_spec(tf.float32, "support"), _spec(tf.float32, "query")),
                  jit_compile=False)

@@ -131,11 +131,11 @@ def check_images(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched
           f"query; for a single query send [{b}1, H, W, C].", f"{q_name} shape:", tf.shape(q)],
           _SHOWN),
       lambda s, q: tf.debugging.Assert(tf.equal(tf.shape(s)[-1], channels), [
-          f"{s_name} must have C = {channels} channels ({color}), the backbone's; convert the "
-          "images before sending.", f"{s_name} shape:", tf.shape(s)], _SHOWN),
+          f"{s_name} must have C = {channels} channels ({color}) as the backbone takes; "
+          "convert the images before sending.", f"{s_name} shape:", tf.shape(s)], _SHOWN),
       lambda s, q: tf.debugging.Assert(tf.equal(tf.shape(q)[-1], channels), [
-          f"{q_name} must have C = {channels} channels ({color}), the backbone's; convert the "
-          "images before sending.", f"{q_name} shape:", tf.shape(q)], _SHOWN),
+          f"{q_name} must have C = {channels} channels ({color}) as the backbone takes; "
+          "convert the images before sending.", f"{q_name} shape:", tf.shape(q)], _SHOWN),
   ]
   if batched:
     checks.append(lambda s, q: tf.debugging.Assert(
@@ -197,7 +197,7 @@ def decode(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool
   checks = [
       lambda s, q: tf.debugging.Assert(tf.equal(tf.rank(s), s_rank), [
           f"{s_name} must be rank {s_rank}, [{b}N, K]: one PNG or JPEG file per support image "
-          "(REST: {\"b64\": \"<base64 of the file>\"}); for one image per class send "
+          "(REST: {b64: <base64 of the file>}); for one image per class send "
           f"[{b}N, 1].", f"{s_name} shape:", tf.shape(s)], _SHOWN),
       lambda s, q: tf.debugging.Assert(tf.equal(tf.rank(q), q_rank), [
           f"{q_name} must be rank {q_rank}, [{b}Q]: one PNG or JPEG file per query.",
@@ -247,8 +247,8 @@ def decode(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), _JPEG_SIGNATURE)
     known = tf.debugging.Assert(tf.logical_or(is_png, is_jpeg), [
         name, "is not a PNG or JPEG file; send the bytes of PNG or JPEG files (REST: "
-        "{\"b64\": \"<base64 of the file>\"}), not pixels and not base64 twice. First bytes:",
-        tf.strings.substr(data, 0, 8, unit="BYTE")], _SHOWN)
+        "{b64: <base64 of the file>}), not pixels and not base64 twice. Its first bytes:",
+        tf.io.decode_raw(tf.strings.substr(data, 0, 8), tf.uint8)], _SHOWN)
     with tf.control_dependencies([known]):
       data = tf.identity(data)
 
