@@ -211,7 +211,8 @@ def run(config: Stage3Config) -> dict[str, Any]:
     left = ""
     if i:
       per_seed = (time.time() - t0) / i
-      left = f"; {per_seed / 60:.1f} min per seed, about {per_seed * (len(todo) - i) / 60:.0f} min left"
+      left = (f"; {per_seed / 60:.1f} min per seed, about "
+              f"{per_seed * (len(todo) - i) / 60:.0f} min left")
     _log(f"seed {seed} ({i + 1} of {len(todo)} to run{left}): {run_config.outer.checkpoint_path}")
     results = _train_seed(run_config, config.problem)
     if not results.get("chief", True):
@@ -305,8 +306,9 @@ def seed_table(config: Stage3Config, records: Sequence[dict[str, Any]]) -> str:
            "| seed | " + " | ".join(f"{n} meta-test {unit}" for n in names) + " |",
            "|---" * (len(names) + 1) + "|"]
   for r in records:
+    scores = r["scores"]
     lines.append(f"| {r['seed']} | " + " | ".join(
-        f"{scale * r['scores'][n]['mean']:.{digits}f} ± {scale * r['scores'][n]['ci95']:.{digits}f}"
+        f"{scale * scores[n]['mean']:.{digits}f} ± {scale * scores[n]['ci95']:.{digits}f}"
         for n in names) + " |")
   cells = []
   for n in names:
@@ -352,16 +354,16 @@ def config_from_flags(problem_config: RunConfig) -> Stage3Config:
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if f.evaluation_mode:
-    raise ValueError("evaluation_mode: stage 3 trains; to meta-test one seed's run again use "
+    raise ValueError("--evaluation_mode: stage 3 trains; to meta-test one seed's run again use "
                      "python -m leo_tf.train --evaluation_mode --checkpoint_path=<its folder>.")
   if f.export_dir:
-    raise ValueError("export_dir: stage 3 exports nothing; export a seed's run with python -m "
+    raise ValueError("--export_dir: stage 3 exports nothing; export a seed's run with python -m "
                      "leo_tf.export --checkpoint_path=<checkpoint_path>/stage3/seed_<s>.")
   if f.results_dir:
-    raise ValueError("results_dir: each seed's results go in its run folder and the study's in "
+    raise ValueError("--results_dir: each seed's results go in its run folder and the study's in "
                      "<checkpoint_path>/stage3/results.json; drop --results_dir.")
   if f.problem == "classification" and f["train_on_val"].present and not f.train_on_val:
-    raise ValueError("train_on_val=false contradicts stage 3, which meta-trains on the train + "
+    raise ValueError("--train_on_val=false contradicts stage 3, which meta-trains on the train + "
                      "val classes; drop it (leo_tf.train runs stage 2 without them).")
   try:
     seeds = tuple(int(s) for s in f.seeds)

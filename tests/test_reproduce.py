@@ -21,8 +21,6 @@ from leo_tf.classification import experiment
 from leo_tf.core.config import DataConfig, ModelConfig, OuterConfig
 from leo_tf.data import synthetic
 from leo_tf.regression import experiment as regression_experiment
-from leo_tf.regression import leo as regression_leo
-from leo_tf.regression import maml as regression_maml
 
 D = 16
 SYNTH = synthetic.SyntheticConfig(num_train_classes=10, num_val_classes=6, num_test_classes=6,
@@ -56,6 +54,8 @@ def study(tmp_path_factory):
   config = reproduce.Stage3Config(run=_run_config(data_path, root), num_seeds=2,
                                   num_metatest_tasks=TASKS)
   seen = {"first": reproduce.run(dataclasses.replace(config, seeds=(3,)))}
+  seen["results_after_first"] = os.path.exists(os.path.join(root, "stage3",
+                                                            reproduce.RESULTS_FILE))
   seed_3 = os.path.join(root, "stage3", "seed_3")
   files = [os.path.join(seed_3, name) for name in (reproduce.SEED_FILE, "results_test.json")]
   stamps = [os.stat(name).st_mtime_ns for name in files]
@@ -79,6 +79,8 @@ def study(tmp_path_factory):
 def test_a_subset_leaves_the_study_incomplete_and_writes_no_results(study):
   config, seen = study
   assert seen["first"] == {"complete": False, "finished": [3], "missing": [4]}
+  assert not seen["results_after_first"]
+  assert not os.path.exists(os.path.join(config.folder, "seed_4"))  # left to another process
   record = reproduce.finished_seed(reproduce.seed_config(config, 3))
   assert record["seed"] == 3 and record["settings"]["data"]["train_on_val"] is True
   assert record["results"]["num_tasks"] == TASKS
@@ -174,11 +176,11 @@ def test_flags_that_contradict_stage_3_are_refused(parsed_flags):
   assert reproduce.seed_config(config, 2).outer.checkpoint_path == os.path.join(
       "runs", "leo", "stage3", "seed_2")
   parsed_flags("--train_on_val=false")
-  with pytest.raises(ValueError, match="^train_on_val=false contradicts stage 3"):
+  with pytest.raises(ValueError, match="^--train_on_val=false contradicts stage 3"):
     reproduce.config_from_flags(command_line.config_from_flags())
-  for bad, start in (("--evaluation_mode", "evaluation_mode: stage 3 trains"),
-                     ("--results_dir=/tmp/x", "results_dir: each seed's results"),
-                     ("--export_dir=/tmp/m", "export_dir: stage 3 exports nothing"),
+  for bad, start in (("--evaluation_mode", "--evaluation_mode: stage 3 trains"),
+                     ("--results_dir=/tmp/x", "--results_dir: each seed's results"),
+                     ("--export_dir=/tmp/m", "--export_dir: stage 3 exports nothing"),
                      ("--seeds=a", "seeds must be integers")):
     parsed_flags(bad)
     with pytest.raises(ValueError, match=f"^{start}"):
@@ -188,26 +190,41 @@ def test_flags_that_contradict_stage_3_are_refused(parsed_flags):
   assert config.num_metatest_tasks == 30  # regression keeps the flagfile's held-out tasks
 
 
-def test_regression_seeds_pass_over_the_held_out_seed_and_gather_mse(tmp_path):
+def test_regression_seeds_pass_over_the_held_out_seed_and_gather_mse(tmp_path, monkeypatch):
+  # Regression's training is regression.experiment.train, tested in tests/regression (a real
+  # one here would cost ~20 s of tracing per seed); here stage 3's part: which runs it asks
+  # for and how it gathers their MSE (lower is better).
   run = regression_experiment.RegressionRunConfig(
-      model=regression_leo.RegressionConfig(num_latents=2, inner_unroll_length=1,
-                                            finetuning_unroll_length=0, num_samples=1),
-      maml=regression_maml.MAMLConfig(hidden_units=(4,), num_inner_steps=1),
-      outer=OuterConfig(metatrain_batch_size=3, num_steps_limit=2, checkpoint_steps=2,
-                        num_metavalid_tasks=4, num_metatest_tasks=5, metavalid_batch_size=4,
-                        metatest_batch_size=5, checkpoint_path=str(tmp_path), seed=0,
-                        jit_compile=False),
-      models=("leo",), num_eval_points=6, num_eval_samples=2, num_valid_samples=2, eval_seed=1,
-      summary_steps=1, progress=False)
-  config = reproduce.Stage3Config(run=run, num_seeds=2, num_metatest_tasks=5)
-  assert reproduce.study_seeds(config) == [0, 2]  # 1 draws the held-out tasks
+      outer=OuterConfig(checkpoint_path=str(tmp_path), seed=0, num_metatest_tasks=30),
+      eval_seed=1, progress=False)
+  config = reproduce.Stage3Config(run=run, num_seeds=3, num_metatest_tasks=30)
+  assert reproduce.study_seeds(config) == [0, 2, 3]  # 1 draws the held-out tasks
+  mse = {0: (1.5, 0.2), 2: (1.1, 0.1), 3: (1.3, 0.3)}  # seed -> (mean, ci95)
+  asked = []
+
+  def fake_train(seed_run):
+    asked.append(seed_run)
+    o = seed_run.outer
+    return {"num_tasks": o.num_metatest_tasks,
+            "results_file": os.path.join(o.checkpoint_path, "results_test.json"),
+            **{name: {"mse": {"mean": mse[o.seed][0] + (name == "maml"),
+                              "ci95": mse[o.seed][1]}, "checkpoint_step": 2}
+               for name in ("leo", "maml")}}
+
+  monkeypatch.setattr(regression_experiment, "train", fake_train)
   summary = reproduce.run(config)
+  assert [(r.outer.seed, r.outer.checkpoint_path, r.outer.num_metatest_tasks) for r in asked] == [
+      (s, os.path.join(tmp_path, "stage3", f"seed_{s}"), 30) for s in (0, 2, 3)]
+  assert all(dataclasses.replace(r, outer=run.outer) == run for r in asked)  # nothing else changed
   assert summary["metric"] == "mse" and not summary["higher_is_better"]
-  mses = []
-  for seed in (0, 2):
-    with open(tmp_path / "stage3" / f"seed_{seed}" / "results_test.json") as f:
-      mses.append(json.load(f)["leo"]["mse"]["mean"])
-  np.testing.assert_allclose(summary["over_seeds"]["leo"]["mean"], np.mean(mses), rtol=1e-12)
-  np.testing.assert_allclose(summary["over_seeds"]["leo"]["sd"], np.std(mses, ddof=1),
-                             rtol=1e-12)
-  assert "MSE (lower is better)" in summary["table"]
+  means = np.array([mse[s][0] for s in (0, 2, 3)])
+  for name, offset in (("leo", 0.0), ("maml", 1.0)):
+    np.testing.assert_allclose(summary["over_seeds"][name]["mean"], np.mean(means) + offset,
+                               rtol=1e-12)
+    np.testing.assert_allclose(summary["over_seeds"][name]["sd"], np.std(means, ddof=1),
+                               rtol=1e-12)
+  table = summary["table"]
+  assert "| seed | leo meta-test MSE (lower is better) | maml meta-test MSE" in table
+  assert "| 2 | 1.1000 ± 0.1000 | 2.1000 ± 0.1000 |" in table
+  assert (f"| mean ± sd over 3 seeds | {np.mean(means):.4f} ± {np.std(means, ddof=1):.4f} | "
+          f"{np.mean(means) + 1:.4f} ± {np.std(means, ddof=1):.4f} |") in table
