@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 from absl import flags
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from leo_tf import train
 from leo_tf.outer import progress
@@ -125,6 +125,11 @@ def test_refused_flag_combinations_are_one_clear_error_before_any_file(monkeypat
   @settings(max_examples=NUM_EXAMPLES, deadline=2000, derandomize=True, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
   @given(refused_command_lines())
+  # Besides the random ones: a value that is not finite, alone (each was accepted once).
+  @example((["--problem=classification", "--outer_lr=inf"], ["outer_lr"]))
+  @example((["--problem=classification", "--kl_weight=nan"], ["kl_weight"]))
+  @example((["--problem=regression", "--regression_latent_clip=inf"],
+            ["regression_latent_clip"]))
   def run(command_line):
     args, refused = command_line
     FLAGS.unparse_flags()

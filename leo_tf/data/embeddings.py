@@ -166,39 +166,10 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acce
     return resolve(self._size)
 
 
-class _SizedFile:
-  """A file opened for unpickling whose reads never ask for more bytes than it has left.
-
-  A corrupt length field (a flipped bit in a string's size) would otherwise make
-  pickle ask the file for gigabytes, which it allocates before reading
-  (MemoryError); asked for at most what is left, it reads short and pickle says
-  the data was truncated.
-  """
-
-  def __init__(self, f: io.BufferedIOBase):
-    self._f = f
-    self.size = os.fstat(f.fileno()).st_size
-
-  def _left(self, n: int | None) -> int:
-    left = max(self.size - self._f.tell(), 0)
-    return left if n is None or n < 0 else min(n, left)
-
-  def read(self, n: int | None = -1) -> bytes:
-    return self._f.read(self._left(n))
-
-  def readline(self, n: int | None = -1) -> bytes:
-    return self._f.readline(self._left(n))
-
-  def readinto(self, buffer) -> int:
-    view = memoryview(buffer).cast("B")
-    return self._f.readinto(view[:self._left(len(view))])
-
-
 def _unpickle(path: str) -> Any:
   try:
     with open(path, "rb") as f:
-      sized = _SizedFile(f)
-      return _RestrictedUnpickler(sized, path, sized.size).load()
+      return _RestrictedUnpickler(f, path, os.fstat(f.fileno()).st_size).load()
   except UnsafePickleError:
     raise
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,

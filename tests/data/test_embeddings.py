@@ -225,6 +225,27 @@ def test_codecs_encode_is_admitted_only_for_latin1_strings(tmp_path):
     emb.read_embeddings_file(path)
 
 
+# A shape of 2**50 elements (LONG1), as a corrupt size field could make it.
+_HUGE = b"\x8a\x07" + (2**50).to_bytes(7, "little") + b"\x85"
+
+
+@pytest.mark.parametrize("raw", [
+    # numpy.core.multiarray._reconstruct(ndarray, (2**50,), "b"): 1 PiB of int8
+    b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _HUGE
+    + b"U\x01b\x87R.",
+    # numpy.ndarray((2**50,)): 8 PiB of float64
+    b"\x80\x02cnumpy\nndarray\n" + _HUGE + b"\x85R.",
+], ids=["reconstruct", "ndarray"])
+def test_an_array_larger_than_the_file_is_refused_before_numpy_allocates_it(tmp_path, raw):
+  path = str(tmp_path / "train_embeddings.pkl")
+  with open(path, "wb") as f:
+    f.write(raw)
+  with pytest.raises(emb.EmbeddingsError, match=r"train_embeddings.pkl: not a readable .*an "
+                                                r"array of 1125899906842624 elements, more than "
+                                                rf"the file's {len(raw)} bytes"):
+    emb.read_embeddings_file(path)  # plain pickle: MemoryError, "Unable to allocate 1.00 PiB"
+
+
 # ---------------------------------------------------------------------------
 # Every other defect: EmbeddingsError naming the file.
 # ---------------------------------------------------------------------------
