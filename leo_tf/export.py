@@ -38,7 +38,8 @@ def main(argv):
     options = {"full_outputs": True} if f.full_outputs else {}
     if f.backbone_dir:
       options["front_end"] = images.FrontEnd(*pretrain.load_embedding_function(f.backbone_dir))
-    if options and export.read_run_config(f.checkpoint_path).to_dict()["problem"] != "classification":
+    problem = export.read_run_config(f.checkpoint_path).to_dict()["problem"] if options else ""
+    if problem not in ("", "classification"):
       raise ValueError("--backbone_dir and --full_outputs apply to classification runs only.")
     version_dir = export.export_checkpoint(f.checkpoint_path, f.export_dir, f.checkpoint or None,
                                            allow_duplicate=f.allow_duplicate, **options)

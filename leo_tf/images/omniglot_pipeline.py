@@ -9,18 +9,28 @@ r"""The whole three-stage method on Omniglot, in one command (appendix B.7).
   stage 2   leo_tf.train with omniglot_<N>way<K>shot.flags for the four settings
             (5-/20-way, 1-/5-shot): LEO, and on the same features the baselines
             Meta-SGD (--model=metasgd) and the nearest class mean
-            (--model=prototypes); early stopping on meta-validation.
-  stage 3   each run's best checkpoint on meta-test tasks (every remaining
-            image of a class as a query) with 95% intervals; a results table
-            (<output_dir>/results.md, results.json) beside the published
-            Omniglot numbers, and figure 4 for 5-way and 20-way 1-shot
+            (--model=prototypes); early stopping on meta-validation; each run's
+            best checkpoint on meta-test tasks (every remaining image of a class
+            as a query) with 95% intervals; figure 4 for 5-way and 20-way 1-shot
             (<output_dir>/latents_<setting>.png).
+  stage 3   leo_tf.reproduce with the same flags: each run trained again from
+            scratch for stage3_seeds seeds on the meta-training and
+            meta-validation classes together (train_on_val: stage 1 never saw
+            the validation classes, so their features look like the test
+            classes'), each meta-tested on stage3_metatest_tasks tasks; mean and
+            sd over seeds (<output_dir>/<setting>/<model>/stage3/results.json).
+            Both tables, stage 2's and stage 3's, beside the published Omniglot
+            numbers in <output_dir>/results.md and results.json.
+  export    the 20-way 1-shot LEO with the stage-1 backbone, a SavedModel for TF
+            Serving that classifies images (<output_dir>/models/omniglot_20way1shot/1;
+            export/README.md).
 
 Every stage-2 run is a `python -m leo_tf.train` subprocess with the setting's
-flagfile (printed before it starts), so the table's numbers come from exactly
-the documented commands. Finished runs are skipped when the command is
-repeated (their results_test.json exists); stage 1 is skipped when its
-embeddings exist (--overwrite_embeddings to redo it).
+flagfile (printed before it starts), and every stage-3 study a `python -m
+leo_tf.reproduce` one with the same flags, so the tables' numbers come from
+exactly the documented commands. Finished runs are skipped when the command is
+repeated (their results_test.json, or stage3/results.json, exists); stage 1 is
+skipped when its embeddings exist (--overwrite_embeddings to redo it).
 
 `quick_config()` (the test suite's configuration, `--quick` on the command
 line) pre-trains for a short time on a subset of classes, runs LEO on 5-way
@@ -95,8 +105,14 @@ class PipelineConfig:
   ablation_settings: tuple[str, ...] = ("5way1shot",)  # settings the ablations run on
   figure_settings: tuple[str, ...] = ("5way1shot", "20way1shot")  # LEO runs figure 4 shows
   figure_tasks: int = 1000  # meta-validation tasks in figure 4 (0: no figures)
+  # The LEO run exported with stage 1's backbone for TF Serving (images in, classes out),
+  # to <output_dir>/models/omniglot_<setting>/<version>; "" for none.
+  export_setting: str = "20way1shot"
   overwrite_embeddings: bool = False  # redo stage 1 even if its embeddings exist
   extra_flags: tuple[str, ...] = ()  # appended to every stage-2 command (e.g. fewer steps)
+  stage3_seeds: int = 5  # stage 3: seeds per run, trained on train + val (0: no stage 3)
+  stage3_metatest_tasks: int = 50_000  # stage 3: meta-test tasks per seed (the paper's)
+  stage3_flags: tuple[str, ...] = ()  # appended to every stage-3 command, after extra_flags
   python: str = sys.executable  # the interpreter of the subprocesses
 
   def __post_init__(self):
@@ -107,6 +123,12 @@ class PipelineConfig:
       unknown = [v for v in values if v not in allowed]
       if unknown:
         raise ValueError(f"{name}: unknown {unknown}; choose from {allowed}.")
+    if self.export_setting and self.export_setting not in SETTINGS:
+      raise ValueError(f"export_setting: unknown {self.export_setting!r}; choose from "
+                       f"{SETTINGS} or ''.")
+    if self.stage3_seeds < 0 or self.stage3_metatest_tasks < 1:
+      raise ValueError(f"stage3_seeds must be >= 0 (0: no stage 3) and stage3_metatest_tasks "
+                       f">= 1, got {self.stage3_seeds} and {self.stage3_metatest_tasks}.")
     unknown = [a for a in self.ablations if a not in ABLATIONS or a == "leo"]
     if unknown:
       raise ValueError(f"ablations: unknown {unknown}; choose from {ABLATIONS[1:]}.")
@@ -121,9 +143,11 @@ def quick_config(data_dir: str, work_dir: str, flagfile_dir: str = ".") -> Pipel
   Stage 1 on 1,200 of the 4,112 meta-training classes (evenly spaced over the
   split file, so over its alphabets) for 2 epochs of a conv4 with (32, 32, 64,
   128) channels, 200 validation and 200 test classes; LEO on 5-way 1-shot for
-  800 steps; 500 meta-test tasks; figure 4 on 100 meta-validation tasks.
-  Everything is written under work_dir: embeddings/ (stage 1) and runs/ (stage
-  2, results.md, results.json, latents_5way1shot.png).
+  800 steps; 500 meta-test tasks; stage 3 with 2 seeds of 200 steps and 200
+  meta-test tasks each; figure 4 on 100 meta-validation tasks; that
+  LEO exported with its backbone. Everything is written under work_dir:
+  embeddings/ (stage 1) and runs/ (stage 2, results.md, results.json,
+  latents_5way1shot.png, models/omniglot_5way1shot/1).
   """
   backbone = backbones.BackboneConfig(conv4_channels=(32, 32, 64, 128))
   return PipelineConfig(
@@ -134,9 +158,11 @@ def quick_config(data_dir: str, work_dir: str, flagfile_dir: str = ".") -> Pipel
           backbone=backbone, epochs=2, max_classes=1200, max_eval_classes=200,
           num_eval_tasks=200, eval_num_classes=5, progress=False),
       settings=("5way1shot",), models=("leo",), ablations=(), figure_settings=("5way1shot",),
-      figure_tasks=100,
+      figure_tasks=100, export_setting="5way1shot",
       extra_flags=("--num_steps_limit=800", "--checkpoint_steps=400", "--num_metavalid_tasks=200",
-                   "--num_metatest_tasks=500", "--progress=false", "--jit_compile=false"))
+                   "--num_metatest_tasks=500", "--progress=false", "--jit_compile=false"),
+      stage3_seeds=2, stage3_metatest_tasks=200,
+      stage3_flags=("--num_steps_limit=200", "--checkpoint_steps=200"))
 
 
 def _log(text: str) -> None:
@@ -208,10 +234,93 @@ def stage2(config: PipelineConfig, embedding_dim: int) -> list[dict[str, Any]]:
   return results
 
 
+def stage3(config: PipelineConfig, embedding_dim: int) -> list[dict[str, Any]]:
+  """Runs (or reuses) the stage-3 study of every run of stage 2; returns their results.json."""
+  if not config.stage3_seeds:
+    return []
+  plan = [(s, m) for s in config.settings for m in config.models]
+  studies = []
+  for i, (setting, model) in enumerate(plan, start=1):
+    command, checkpoint_path = run_command(config, setting, model, embedding_dim)
+    command[2] = "leo_tf.reproduce"  # the same flags, then stage 3's
+    command += [f"--num_seeds={config.stage3_seeds}",
+                f"--stage3_metatest_tasks={config.stage3_metatest_tasks}", *config.stage3_flags]
+    results_file = os.path.join(checkpoint_path, "stage3", "results.json")
+    if not os.path.isfile(results_file):
+      _log(f"stage 3, study {i}/{len(plan)}: {setting} {model}, {config.stage3_seeds} seeds on "
+           "train + val\n  " + " ".join(shlex.quote(c) for c in command))
+      t0 = time.time()
+      completed = subprocess.run(command, check=False)
+      if completed.returncode != 0:
+        raise RuntimeError(f"stage 3 of {setting} {model} failed (exit {completed.returncode}); "
+                           "command: " + " ".join(shlex.quote(c) for c in command))
+      _log(f"  finished in {time.time() - t0:.0f}s")
+    else:
+      _log(f"stage 3, study {i}/{len(plan)}: {setting} {model}: reusing {results_file}")
+    with open(results_file) as f:
+      study = json.load(f)
+    study.update(setting=setting, model=model, command=" ".join(shlex.quote(c) for c in command))
+    studies.append(study)
+  return studies
+
+
+def stage3_table(studies: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table of stage 3: per model and setting, mean ± sd (%) over the seeds."""
+  by_key = {(s["setting"], s["model"]): s for s in studies}
+  lines = ["| method (stage 3: train + val, mean ± sd over seeds) | " + " | ".join(
+      f"{s.split('way')[0]}-way {s.split('way')[1][0]}-shot" for s in SETTINGS) + " |",
+           "|---" * (len(SETTINGS) + 1) + "|"]
+  for model, label in (("leo", "LEO, ours"), ("metasgd", "Meta-SGD, ours"),
+                       ("prototypes", "Nearest class mean, ours")):
+    if not any((s, model) in by_key for s in SETTINGS):
+      continue
+    cells = []
+    for setting in SETTINGS:
+      study = by_key.get((setting, model))
+      if study is None:
+        cells.append("not run")
+        continue
+      over = study["over_seeds"][model]
+      cells.append(f"{100 * over['mean']:.2f} ± {100 * over['sd']:.2f} ({study['num_seeds']} "
+                   f"seeds, {study['num_metatest_tasks']:,} tasks each)")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _cell(result: dict[str, Any] | None) -> str:
   if result is None:
     return "not run"
   return f"{100 * result['mean_accuracy']:.2f} ± {100 * result['ci95']:.2f}"
+
+
+def export_served_model(config: PipelineConfig, embedding_dim: int) -> list[str]:
+  """Exports the export_setting LEO run with stage 1's backbone; returns [its version folder].
+
+  The SavedModel takes images (leo_tf.serving.classification: images, image_bytes and
+  their batched forms) as well as embeddings. A repeated command keeps the version that
+  already holds the run's best checkpoint. [] when there is nothing to export.
+  """
+  setting = config.export_setting
+  if not setting or setting not in config.settings or "leo" not in config.models:
+    return []
+  from leo_tf.serving import export  # pylint: disable=g-import-not-at-top
+  from leo_tf.serving import images  # pylint: disable=g-import-not-at-top
+  from leo_tf.serving import publish  # pylint: disable=g-import-not-at-top
+  _, checkpoint_path = run_command(config, setting, "leo", embedding_dim)
+  export_dir = os.path.join(config.output_dir, "models", f"omniglot_{setting}")
+  backbone_dir = pretrain.output_folder(dataclasses.replace(
+      config.pretrain, output_path=config.embeddings_path))
+  try:
+    version_dir = export.export_checkpoint(
+        checkpoint_path, export_dir,
+        front_end=images.FrontEnd(*pretrain.load_embedding_function(backbone_dir)))
+  except FileExistsError:  # exported by an earlier run of the command
+    version_dir = os.path.join(export_dir, str(publish.versions(export_dir)[-1]))
+    _log(f"export: {version_dir} already holds {setting} LEO's best checkpoint")
+    return [version_dir]
+  _log(f"export: {setting} LEO with its stage-1 backbone -> {version_dir} (serve with TF "
+       f"Serving's --model_base_path={os.path.abspath(export_dir)}; export/README.md)")
+  return [version_dir]
 
 
 def results_table(results: Sequence[dict[str, Any]], settings: Sequence[str] = SETTINGS) -> str:
@@ -267,6 +376,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
        f"{info['ncm_setting']} val {100 * info['ncm']['val']['accuracy']:.2f}%, test "
        f"{100 * info['ncm']['test']['accuracy']:.2f}%")
   results = stage2(config, embedding_dim)
+  studies = stage3(config, embedding_dim)
   figures = []
   for setting in config.figure_settings:
     if not config.figure_tasks or "leo" not in config.models or setting not in config.settings:
@@ -276,12 +386,17 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     _log(f"figure 4: codes of {config.figure_tasks} meta-validation tasks -> {path}")
     figures.append(latent_figure.make_figure(os.path.join(config.output_dir, setting, "leo"),
                                              path, config.figure_tasks))
+  exports = export_served_model(config, embedding_dim)
   table = results_table(results, config.settings)
   goals = goals_report(results)
+  if studies:
+    table = (f"Stage 2 (meta-trained on the meta-training classes; ± is the 95% interval over "
+             f"tasks):\n\n{table}\n\nStage 3 (trained again on the meta-training and "
+             f"meta-validation classes, {config.stage3_seeds} seeds):\n\n{stage3_table(studies)}")
   summary = {"results": results, "stage1": {k: info[k] for k in
                                             ("embedding_dim", "ncm", "ncm_setting", "best_epoch")},
-             "figures": figures, "goals": goals, "seconds": time.time() - t0,
-             "config": dataclasses.asdict(config)}
+             "figures": figures, "exports": exports, "goals": goals, "seconds": time.time() - t0,
+             "config": dataclasses.asdict(config), "stage3": studies}
   os.makedirs(config.output_dir, exist_ok=True)
   # Readers (and a repeated command) see complete files or none.
   atomic.write_json_atomically(os.path.join(config.output_dir, "results.json"), summary)
@@ -295,7 +410,8 @@ def run(config: PipelineConfig) -> dict[str, Any]:
 # The flags whose values --quick sets itself (it keeps --data_dir, --output_dir,
 # --flagfile_dir and --overwrite_embeddings).
 _QUICK_SETS = ("embeddings_path", "pretrain_epochs", "settings", "models", "ablations",
-               "ablation_settings", "figure_tasks", "extra_flags")
+               "ablation_settings", "figure_tasks", "extra_flags", "stage3_seeds",
+               "stage3_metatest_tasks", "stage3_flags")
 QUICK_OUTPUT_DIR = "runs/omniglot_quick"  # --output_dir of --quick when none is given
 
 
@@ -325,6 +441,12 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
   flags.DEFINE_integer("figure_tasks", d.figure_tasks, "Tasks in figure 4 (0: none).", **fv)
   flags.DEFINE_boolean("overwrite_embeddings", False, "Redo stage 1.", **fv)
   flags.DEFINE_list("extra_flags", [], "Flags appended to every leo_tf.train command.", **fv)
+  flags.DEFINE_integer("stage3_seeds", d.stage3_seeds,
+                       "Stage 3: seeds per run, trained on train + val (0: no stage 3).", **fv)
+  flags.DEFINE_integer("stage3_metatest_tasks", d.stage3_metatest_tasks,
+                       "Stage 3: meta-test tasks per seed.", **fv)
+  flags.DEFINE_list("stage3_flags", [], "Flags appended to every leo_tf.reproduce command.",
+                    **fv)
 
 
 def config_from_flags(flag_values: flags.FlagValues) -> PipelineConfig:
@@ -354,7 +476,9 @@ def config_from_flags(flag_values: flags.FlagValues) -> PipelineConfig:
       pretrain=dataclasses.replace(OMNIGLOT_PRETRAIN, epochs=f.pretrain_epochs),
       settings=tuple(f.settings), models=tuple(f.models), ablations=tuple(f.ablations),
       ablation_settings=tuple(f.ablation_settings), figure_tasks=f.figure_tasks,
-      overwrite_embeddings=f.overwrite_embeddings, extra_flags=tuple(f.extra_flags))
+      overwrite_embeddings=f.overwrite_embeddings, extra_flags=tuple(f.extra_flags),
+      stage3_seeds=f.stage3_seeds, stage3_metatest_tasks=f.stage3_metatest_tasks,
+      stage3_flags=tuple(f.stage3_flags))
 
 
 def main(argv):

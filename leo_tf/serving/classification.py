@@ -52,6 +52,10 @@ _INPUT_SIGNATURE = (
     tf.TensorSpec(None, tf.float32, name="support"),  # [N, K, D]
     tf.TensorSpec(None, tf.float32, name="query"),  # [Q, D]
 )
+# N K of a task at most: the relation network compares every pair of support examples,
+# [N K, N K, 2 n_z] floats per layer (500: 250,000 pairs, 128 MB at n_z = 64), so a request
+# of 10,000 examples would need 51 GB and take the server down.
+MAX_SUPPORT_EXAMPLES = 500
 # tf.nn.l2_normalize divides by max(|x|^2, epsilon)^(1/2): an embedding of squared
 # norm below it (all zeros) is not made a unit vector, and gives uniform probabilities.
 _L2_EPSILON = 1e-12
@@ -120,6 +124,7 @@ def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int, *,
       lambda s, q: tf.debugging.Assert(tf.shape(s)[first] >= 2, [  # [(B,) N, K, D] -> N
           "support has fewer than 2 classes; a task needs N >= 2 classes, one per row of "
           f"support [{b}N, K, D].", "support shape:", tf.shape(s)], _SHOWN),
+      lambda s, q: assert_support_size(tf.shape(s)[first:first + 2], "support"),
       lambda s, q: tf.debugging.check_numerics(
           s, message="support contains NaN or Inf; send finite embeddings"),
       lambda s, q: tf.debugging.check_numerics(
@@ -140,6 +145,14 @@ def check_request(support: tf.Tensor, query: tf.Tensor, embedding_dim: int, *,
   support = tf.reshape(support, [num_classes, num_examples, d])  # [N, K, D]
   query = tf.reshape(query, [-1, d])  # [Q, D]
   return support, query
+
+
+def assert_support_size(num_classes_examples: tf.Tensor, name: str) -> tf.Operation:
+  """Asserts N K <= MAX_SUPPORT_EXAMPLES for int32 [2] (N, K) of the input `name`."""
+  return tf.debugging.Assert(tf.reduce_prod(num_classes_examples) <= MAX_SUPPORT_EXAMPLES, [
+      f"{name} holds more than {MAX_SUPPORT_EXAMPLES} examples in a task (N K; the relation "
+      "network compares every pair); send fewer classes or fewer examples per class. [N K]:",
+      num_classes_examples], _SHOWN)
 
 
 def _assert_nonzero(x: tf.Tensor, message: str, where: str) -> tf.Operation:
@@ -349,7 +362,7 @@ class ServingModule(tf.Module):
                           ) -> dict[str, tf.Tensor]:
         """uint8 support_images [(B,) N, K, H, W, C], query_images [(B,) Q, H, W, C]."""
         support, query = images.check_images(support_images, query_images, channels,
-                                             batched=batched)
+                                             batched=batched, support_size=assert_support_size)
         return run_images(support, query, batched, ("support_images", "query_images"))
       return classify_images
 
@@ -361,8 +374,9 @@ class ServingModule(tf.Module):
         """PNG or JPEG files: support_image_bytes [(B,) N, K], query_image_bytes [(B,) Q]."""
         names = ("support_image_bytes", "query_image_bytes")
         support, query = images.decode(support_image_bytes, query_image_bytes, channels,
-                                       batched=batched)
-        support, query = images.check_images(support, query, channels, batched=True, names=names)
+                                       batched=batched, support_size=assert_support_size)
+        support, query = images.check_images(support, query, channels, batched=True, names=names,
+                                             support_size=assert_support_size)
         return run_images(support, query, batched, names)
       return classify_image_bytes
 
@@ -375,8 +389,8 @@ class ServingModule(tf.Module):
                             IMAGE_BYTES_BATCHED: self.image_bytes_batched})
 
 
-def warmup_requests(embedding_dim: int, model_name: str = savedmodel.DEFAULT_MODEL_NAME, seed: int = 0,
-                    front_end: images.FrontEnd | None = None) -> list[Any]:
+def warmup_requests(embedding_dim: int, model_name: str = savedmodel.DEFAULT_MODEL_NAME,
+                    seed: int = 0, front_end: images.FrontEnd | None = None) -> list[Any]:
   """PredictionLog protos for TF Serving's warmup.
 
   WARMUP_TASKS for serving_default and generate (as before), then one 5-way

@@ -98,12 +98,14 @@ class FrontEnd:
 
 
 def check_images(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool,
+                 support_size: Callable[[tf.Tensor, str], tf.Operation],
                  names: tuple[str, str] = ("support_images", "query_images")
                  ) -> tuple[tf.Tensor, tf.Tensor]:
   """Checks pixels in the graph; returns them as [B, N, K, H, W, C], [B, Q, H, W, C].
 
   In this order (the first problem is the one reported): rank of support and
   of query, their channels, B equal (batched), support not empty, N >= 2,
+  the task's size (support_size),
   H and W >= 1 and <= MAX_IMAGE_SIDE, query's H and W equal support's (when
   Q > 0).
 
@@ -112,6 +114,8 @@ def check_images(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched
     query: uint8 [B, Q, H, W, C] (batched) or [Q, H, W, C].
     channels: C, the backbone's.
     batched: whether the task axis B comes first.
+    support_size: (int32 [2] (N, K), name) -> the learner's Assert on the
+      task's size (after N >= 2).
     names: the inputs' names in the messages.
 
   Returns:
@@ -152,6 +156,7 @@ def check_images(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched
       lambda s, q: tf.debugging.Assert(tf.shape(s)[first] >= 2, [
           f"{s_name} has fewer than 2 classes; a task needs N >= 2 classes, one per row of "
           f"{s_name} [{b}N, K, H, W, C].", f"{s_name} shape:", tf.shape(s)], _SHOWN),
+      lambda s, q: support_size(tf.shape(s)[first:first + 2], s_name),
       lambda s, q: tf.debugging.Assert(
           tf.logical_and(tf.reduce_all(tf.shape(s)[-3:-1] >= 1),
                          tf.reduce_all(tf.shape(s)[-3:-1] <= MAX_IMAGE_SIDE)), [
@@ -173,11 +178,13 @@ def check_images(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched
   return support, query
 
 
-def decode(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool
+def decode(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool,
+           support_size: Callable[[tf.Tensor, str], tf.Operation]
            ) -> tuple[tf.Tensor, tf.Tensor]:
   """Encoded files (PNG or JPEG) -> pixels uint8 [B, N, K, H, W, C], [B, Q, H, W, C].
 
-  Checked, in this order: ranks, B equal (batched), support not empty, N >= 2;
+  Checked, in this order: ranks, B equal (batched), support not empty, N >= 2,
+  the task's size (support_size);
   then, image by image, that it is a PNG or JPEG file and H, W <= MAX_IMAGE_SIDE
   (from its header, before decoding), that all images have one size and that
   the decoded pixels stay under MAX_DECODED_BYTES; decoding itself then
@@ -190,6 +197,7 @@ def decode(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool
     query: string [B, Q] (batched) or [Q].
     channels: C, the backbone's.
     batched: whether the task axis B comes first.
+    support_size: as for check_images.
   """
   s_name, q_name = "support_image_bytes", "query_image_bytes"
   b = "B, " if batched else ""
@@ -217,6 +225,7 @@ def decode(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool
       lambda s, q: tf.debugging.Assert(tf.shape(s)[first] >= 2, [
           f"{s_name} has fewer than 2 classes; a task needs N >= 2 classes, one per row of "
           f"{s_name} [{b}N, K].", f"{s_name} shape:", tf.shape(s)], _SHOWN),
+      lambda s, q: support_size(tf.shape(s)[first:first + 2], s_name),
   ]
   support, query = savedmodel.chain_checks(checks, support, query)
   if not batched:

@@ -5,6 +5,7 @@ probabilities and classes only unless full_outputs, bad image requests with clea
 and export/batching_parameters.txt as TF Serving parses it.
 """
 
+import json
 import os
 import re
 
@@ -22,7 +23,7 @@ from leo_tf.images import pretrain
 from leo_tf.serving import classification
 from leo_tf.serving import images
 from tests.paths import REPO
-from tests.serving.helpers import D, NZ, task
+from tests.serving.helpers import D, NZ, load_script, task
 
 DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")
 needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, "index.csv")),
@@ -330,3 +331,35 @@ def test_batching_parameters_parse_as_tf_serving_reads_them():
   assert not parameters.pad_variable_length_inputs
   with pytest.raises(text_format.ParseError):  # the parse does check the names
     text_format.Parse("max_batchsize { value: 32 }", _batching_parameters_class()())
+
+
+@needs_data
+def test_folder_of_pngs_to_rest_body_to_answer(exported, tmp_path):
+  # export/make_image_request.py writes a task folder of real drawings and its REST body;
+  # export/rest_answer.py answers the body as TF Serving's REST API would.
+  make_image_request = load_script("make_image_request")
+  rest_answer = load_script("rest_answer")
+  folder = str(tmp_path / "drawings")
+  names = make_image_request.write_omniglot_example(DATA, folder, num_classes=3, num_queries=2)
+  classes, support, query_names, query = make_image_request.read_task(folder)
+  assert classes == sorted(names) and len(query) == 6 and len(support[0]) == 1
+  assert query_names[0].startswith(classes[0]) and query_names[0].endswith("_02.png")
+  # The PNG writer's files decode to the drawings' pixels.
+  pixels = np.stack([tf.io.decode_png(files[0]).numpy() for files in support])  # [3, 105, 105, 1]
+  assert pixels.shape == (3, 105, 105, 1) and set(np.unique(pixels)) == {0, 255}
+  queries = np.stack([tf.io.decode_png(f).numpy() for f in query])
+  direct = _call(exported.loaded, "images", support_images=pixels[:, None], query_images=queries)
+  for signature in ("image_bytes", "image_bytes_batched"):
+    body = json.loads(json.dumps(make_image_request.rest_request(support, query, signature)))
+    response = rest_answer.answer(exported.loaded, body)
+    if signature == "image_bytes":
+      got = response["outputs"]
+    else:
+      (got,) = response["predictions"]  # one instance: one task
+    np.testing.assert_array_equal(np.asarray(got["probabilities"], np.float32),
+                                  direct["probabilities"])
+    np.testing.assert_array_equal(got["classes"], direct["classes"])
+  # A bad body is TF Serving's InvalidArgument.
+  body = make_image_request.rest_request(support[:1], query)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="fewer than 2 classes"):
+    rest_answer.answer(exported.loaded, body)
