@@ -23,6 +23,20 @@ client = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(client)
 
 
+OMNIGLOT = os.path.join(REPO, "..", "shared", "data", "omniglot")
+needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(OMNIGLOT, "index.csv")),
+                                reason="the shared Omniglot folder is not here")
+
+
+@pytest.fixture(scope="module")
+def drawings():
+  """Real Omniglot drawings uint8 [7 characters, 3 drawers, 105, 105, 1]: 0 ink on 255, as
+  the official PNGs (images_evaluation.npz, rows 0, 90, ..., 540; drawers 0, 1, 2)."""
+  with np.load(os.path.join(OMNIGLOT, "images_evaluation.npz"), allow_pickle=False) as data:
+    picked = data["images"][0:630:90, :3]  # bool [7, 3, 105, 105], True = background
+  return np.where(picked, 255, 0).astype(np.uint8)[..., None]
+
+
 @pytest.fixture(scope="session")
 def leo_serve(tmp_path_factory):
   """The built leo_serve binary (compiled once per session)."""
@@ -180,12 +194,93 @@ def test_tensor_proto_forms_that_clients_send(loader, exported):
   expected = python_call(exported.loaded, "generate",
                          {"support": support, "query": np.full(query.shape, 0.5, np.float32)})
   assert_same_outputs(got, expected)
-  short = tf.make_tensor_proto(support).SerializeToString()[:-4]  # tensor_content cut short
-  with pytest.raises(client.LoaderError, match="not a readable TensorProto|tensor_content"):
-    loader.run("generate", {"support": short, "query": query})
+  cut = tf.make_tensor_proto(support).SerializeToString()[:-4]  # the message cut short
+  with pytest.raises(client.LoaderError, match="support is not a readable TensorProto"):
+    loader.run("generate", {"support": cut, "query": query})
+  short = tensor_pb2.TensorProto(dtype=tf.float32.as_datatype_enum,  # 2 of the 64 floats
+                                 tensor_shape=tf.TensorShape(support.shape).as_proto(),
+                                 tensor_content=support.ravel()[:2].tobytes())
+  with pytest.raises(client.LoaderError, match="support: tensor_content does not hold one "
+                     "value per element") as error:
+    loader.run("generate", {"support": short.SerializeToString(), "query": query})
+  assert error.value.code == "INVALID_ARGUMENT"
 
 
 def test_a_folder_without_a_savedmodel_is_refused_at_start(leo_serve, tmp_path):
   with pytest.raises(client.LoaderError) as error:
     client.Loader(leo_serve, str(tmp_path))
   assert "cannot load the SavedModel" in str(error.value)
+
+
+def omniglot_task(drawings, num_classes):
+  """A task from the drawings: drawer 0 of each character the support, drawers 1 and 2
+  the queries (uint8 [N, 1, 105, 105, 1] and [2 N, 105, 105, 1])."""
+  support = drawings[:num_classes, :1]  # [N, 1, 105, 105, 1]
+  query = drawings[:num_classes, 1:].reshape(-1, 105, 105, 1)  # [2 N, 105, 105, 1]
+  return support, query
+
+
+@needs_data
+def test_image_answers_on_omniglot_drawings_equal_the_python_model(loader, exported, drawings):
+  from leo_tf.images import pretrain  # pylint: disable=g-import-not-at-top
+  support, query = omniglot_task(drawings, 5)
+  inputs = {"support_images": support, "query_images": query}
+  got = loader.run("images", inputs)
+  assert_same_outputs(got, python_call(exported.loaded, "images", inputs))
+  # Stage 1's own embedding function on the same drawings, sent as embeddings.
+  embed = pretrain.make_embed_fn(exported.front_end.backbone)
+  pixels = exported.front_end.preprocess(np.concatenate([support.reshape(-1, 105, 105, 1),
+                                                         query]))  # [15, 28, 28, 1]
+  features = embed(pixels.numpy(), 8)  # [N K + Q, D]
+  by_embeddings = loader.run("serving_default", {
+      "support": features[:5].reshape(5, 1, -1), "query": features[5:]})
+  np.testing.assert_allclose(got["probabilities"], by_embeddings["probabilities"], atol=1e-5)
+  np.testing.assert_array_equal(got["classes"], by_embeddings["classes"])
+  assert len(set(got["classes"].tolist())) > 1  # not one class for everything
+
+
+@needs_data
+def test_png_files_and_batched_tasks_on_omniglot_drawings(loader, exported, drawings):
+  support, query = omniglot_task(drawings, 5)
+  alone = loader.run("images", {"support_images": support, "query_images": query})
+  png = np.vectorize(lambda i: tf.io.encode_png(i).numpy(), otypes=[object],
+                     signature="(h,w,c)->()")
+  files = {"support_image_bytes": png(support), "query_image_bytes": png(query)}  # [N, 1], [Q]
+  got = loader.run("image_bytes", files)
+  assert_same_outputs(got, python_call(exported.loaded, "image_bytes", files))
+  assert_same_outputs(got, alone)
+  # Two tasks on axis 0 (the second: other characters): each answered as alone (within
+  # float32 rounding: TensorFlow's kernels round differently for B = 1 and B = 2).
+  other_support, other_query = omniglot_task(drawings[4:], 3)
+  other_support = np.concatenate([other_support, other_support[:2]])  # [5, 1, ...]: same N
+  other_query = np.concatenate([other_query, other_query[:4]])  # [10, ...]: same Q
+  batched = {"support_images": np.stack([support, other_support]),
+             "query_images": np.stack([query, other_query])}  # [2, N, 1, ...], [2, Q, ...]
+  got = loader.run("images_batched", batched)
+  assert_same_outputs(got, python_call(exported.loaded, "images_batched", batched))
+  second = loader.run("images", {"support_images": other_support, "query_images": other_query})
+  for b, task in enumerate((alone, second)):
+    np.testing.assert_allclose(got["probabilities"][b], task["probabilities"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got["classes"][b], task["classes"])
+
+
+@needs_data
+def test_bad_image_requests_are_invalid_argument_and_the_next_is_answered(loader, drawings):
+  support, query = omniglot_task(drawings, 5)
+  good = {"support_images": support, "query_images": query}
+  expected = loader.run("images", good)
+  bad = [
+      ({"support_images": support[:, 0], "query_images": query}, "images", "must be rank 5"),
+      ({"support_images": np.repeat(support, 3, axis=-1), "query_images": query}, "images",
+       "must have C = 1 channels"),
+      ({"support_images": support, "query_images": query[:, :50, :50]}, "images",
+       "must have the H and W of the support_images"),
+      ({"support_images": support[:1], "query_images": query}, "images", "fewer than 2 classes"),
+      ({"support_image_bytes": np.array([[b"GIF89a"], [b"x"]], dtype=object),
+        "query_image_bytes": np.array([], dtype=object)}, "image_bytes", "not a PNG or JPEG"),
+  ]
+  for inputs, signature, message in bad:
+    with pytest.raises(client.LoaderError, match=message) as error:
+      loader.run(signature, inputs)
+    assert error.value.code == "INVALID_ARGUMENT", (message, error.value)
+    assert_same_outputs(loader.run("images", good), expected)
