@@ -6,8 +6,8 @@ reads the body as TF Serving's REST API does (`"signature_name"`; columnar `"inp
 `"instances"`; `{"b64": "..."}` for bytes; lists as tensors of the signature's dtypes), runs the
 signature and prints the JSON TF Serving would answer: `{"outputs": {...}}` for columnar
 bodies, `{"predictions": [...]}` for rows, or, for a bad request, `{"error": "<message>"}`
-(TF Serving's HTTP 400) with exit status 1. On stderr, the answer's classes as names
-(`--classes`, from the line make_image_request.py prints).
+(TF Serving's HTTP 400) with exit status 1. With `--folder`, the task folder the body was made
+from, it also names each query's class on stderr.
 
 It stands in for `curl .../v1/models/<name>:predict` where TF Serving cannot run; it is not TF
 Serving (no batching, no HTTP).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 from typing import Any
 
@@ -78,16 +79,37 @@ def main(argv):
     print(json.dumps({"error": e.message}))
     sys.exit(1)
   print(json.dumps(response, separators=(",", ":")))
-  if f.classes and "outputs" in response:
-    names = f.classes.split(",")
-    print("classes: " + " ".join(names[c] for c in response["outputs"]["classes"]),
-          file=sys.stderr)
+  if f.folder and "outputs" in response:
+    print(describe(f.folder, response["outputs"]), file=sys.stderr)
+
+
+def describe(folder: str, outputs: dict[str, Any]) -> str:
+  """Lines naming each query's class, for a body of make_image_request.py --folder=folder.
+
+  Classes and queries are listed as make_image_request.py numbers them (names in order);
+  where a query's file name starts with its true class's name (as in the Omniglot example),
+  the last line counts the queries classified as such.
+  """
+  support, query = os.path.join(folder, "support"), os.path.join(folder, "query")
+  classes = sorted(os.path.splitext(name)[0] if not os.path.isdir(os.path.join(support, name))
+                   else name for name in os.listdir(support))
+  queries = sorted(q for q in os.listdir(query) if q.lower().endswith((".png", ".jpg", ".jpeg")))
+  lines, correct, named = [], 0, 0
+  for name, c, p in zip(queries, outputs["classes"], outputs["probabilities"]):
+    lines.append(f"{name}: {classes[c]} (probability {p[c]:.3f})")
+    truth = [k for k in classes if name.startswith(k + "_")]
+    named += bool(truth)
+    correct += bool(truth) and max(truth, key=len) == classes[c]
+  if named:
+    lines.append(f"{correct} of {named} queries classified as the class their file name starts "
+                 "with")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("model_dir", None, "A version folder of an export (<export_dir>/<N>).")
   flags.DEFINE_string("body", None, "The JSON body of the request.")
-  flags.DEFINE_string("classes", "", "Comma-separated class names, class 0 first: printed "
-                      "for the answer's classes on stderr.")
+  flags.DEFINE_string("folder", "", "The task folder the body was made from (make_image_request.py "
+                      "--folder): each query's class is then named on stderr.")
   flags.mark_flags_as_required(["model_dir", "body"])
   app.run(main)

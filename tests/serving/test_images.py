@@ -359,6 +359,12 @@ def test_folder_of_pngs_to_rest_body_to_answer(exported, tmp_path):
     np.testing.assert_array_equal(np.asarray(got["probabilities"], np.float32),
                                   direct["probabilities"])
     np.testing.assert_array_equal(got["classes"], direct["classes"])
+  lines = rest_answer.describe(folder, response["predictions"][0]).splitlines()
+  assert lines[0] == (f"{query_names[0]}: {classes[direct['classes'][0]]} (probability "
+                      f"{direct['probabilities'][0, direct['classes'][0]]:.3f})")
+  truth = np.repeat(np.arange(3), 2)  # queries <class>_02.png, <class>_03.png in class order
+  assert lines[-1] == (f"{np.sum(direct['classes'] == truth)} of 6 queries classified as the "
+                       "class their file name starts with")
   # A bad body is TF Serving's InvalidArgument.
   body = make_image_request.rest_request(support[:1], query)
   with pytest.raises(tf.errors.InvalidArgumentError, match="fewer than 2 classes"):
