@@ -1,6 +1,7 @@
-"""The command `python -m leo_tf.export` end to end: it exports a run's best checkpoint as
-version 1, reports the version and its signatures, records the source, and refuses to
-export the same checkpoint again. (The export itself: tests/serving.)
+"""The command `python -m leo_tf.export` end to end: it exports a run's best checkpoint with a
+stage-1 backbone (--backbone_dir) as version 1, reports the version and its signatures,
+records the source, and refuses to export the same checkpoint again. (The export itself:
+tests/serving.)
 """
 
 import os
@@ -12,14 +13,14 @@ import pytest
 from leo_tf.classification import experiment
 from leo_tf.data import atomic
 from leo_tf.serving import publish
-from tests.serving.helpers import D, SUBPROCESS_ENV, run_config, trained_run
+from tests.serving.helpers import D, SUBPROCESS_ENV, run_config, trained_run, write_backbone
 
 
-def _export_command(run_dir, base):
+def _export_command(run_dir, base, *flags):
   return subprocess.run(
       [sys.executable, "-m", "leo_tf.export", f"--checkpoint_path={run_dir}",
-       f"--export_dir={base}"],
-      capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=120, check=False)
+       f"--export_dir={base}", *flags],
+      capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def command_export(tmp_path_factory):
   run = trained_run(config, seed=0)
   run.step.assign(7)
   prefix = run.save_best(0.625)
-  result = _export_command(run_dir, base)
+  backbone_dir = write_backbone(str(tmp_path_factory.mktemp("stage1")))
+  result = _export_command(run_dir, base, f"--backbone_dir={backbone_dir}")
   assert result.returncode == 0, result.stderr[-3000:]
   return config, run_dir, prefix, base, result.stdout
 
@@ -42,7 +44,8 @@ def test_command_line_reports_and_records_the_source(command_export):
   version_dir = os.path.join(base, "1")
   assert sorted(os.listdir(base)) == ["1"]  # no temporary folder left
   assert version_dir in stdout
-  assert "signatures: generate, serving_default;" in stdout
+  assert ("signatures: embeddings_batched, generate, image_bytes, image_bytes_batched, images, "
+          "images_batched, serving_default;") in stdout
   assert sorted(os.listdir(version_dir)) == [
       "assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables"]
   record = publish.read_export_config(version_dir)
@@ -53,6 +56,7 @@ def test_command_line_reports_and_records_the_source(command_export):
   assert record["source"]["sha256"] == publish.checkpoint_sha256(prefix)
   assert experiment.RunConfig.from_dict(record["run_config"]) == config
   assert record["model"]["embedding_dim"] == D
+  assert record["front_end"]["backbone"]["conv4_channels"] == [8, 8, 16, D]
 
 
 def test_command_line_refuses_the_same_checkpoint_again(command_export):
