@@ -1,13 +1,17 @@
-"""Tests for leo_tf.bench.serving's pieces: which version it times, its percentiles, and that
-its measuring process loads the model without leo_tf."""
+"""Tests for leo_tf.bench.serving's pieces: which version it times, its percentiles, the
+alternating rounds, the goals' arithmetic, the bare backbone, and that its measuring process
+loads the model without leo_tf. (The benchmark itself is run by hand; BUILD_NOTES.md.)"""
 
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from leo_tf.bench import serving
+from leo_tf.images import backbones
 
 
 def test_latest_version_is_the_highest_integer_folder(tmp_path):
@@ -35,8 +39,73 @@ def test_the_measuring_process_loads_the_file_without_leo_tf():
   check = (f"import importlib.util, sys\n"
            f"spec = importlib.util.spec_from_file_location('b', {serving.__file__!r})\n"
            f"module = importlib.util.module_from_spec(spec)\n"
+           f"sys.modules['b'] = module\n"
            f"spec.loader.exec_module(module)\n"
            f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'leo_tf'))")
   result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                           timeout=60, check=True, cwd="/")
   assert result.stdout.strip() == "[]"
+
+
+def test_rounds_split_the_calls_and_alternate_model_and_backbone():
+  assert serving.rounds_of(7, 3) == [3, 2, 2]
+  assert serving.rounds_of(2, 3) == [1, 1, 0]
+  assert sum(serving.rounds_of(100, 5)) == 100
+  leo = serving.Measurement("c/leo", "c", "single", "leo", "images", "", 1, 30, 5)
+  bare = serving.Measurement("c/bare", "c", "backbone_single", "backbone", "embed", "", 1, 30, 5)
+  order = []
+
+  def run_calls(m, count):
+    order.append((m.model, count))
+    return [0.001 * len(order)] * count
+
+  seconds = serving.time_pairs([[leo, bare]], run_calls, num_warmup=2, rounds=3)
+  # Warmup of each (2 calls, not kept), then 2 + 2 + 1 calls of each, taking turns.
+  assert order == [("leo", 2), ("backbone", 2), ("leo", 2), ("backbone", 2), ("leo", 2),
+                   ("backbone", 2), ("leo", 1), ("backbone", 1)]
+  assert seconds == {"c/leo": [0.003] * 2 + [0.005] * 2 + [0.007],
+                     "c/bare": [0.004] * 2 + [0.006] * 2 + [0.008]}
+
+
+def test_goals_by_hand():
+  def measurement(kind, batch, images):
+    return serving.Measurement(f"{kind}{batch}", serving.GOAL_CASE, kind,
+                               "backbone" if kind.startswith("backbone") else "leo",
+                               "x", "", batch, images, 3)
+
+  pairs = [[measurement("single", 1, 30), measurement("backbone_single", 1, 30)],
+           [measurement("batched", 32, 960), measurement("backbone_batched", 32, 960)]]
+  # Medians: LEO 5.5 ms against the backbone's 4 ms (adds 1.5 ms); B = 32: 1.2 s against 1 s,
+  # 800 against 960 images/s, a ratio of 0.8333.
+  seconds = {"single1": [0.005, 0.0055, 0.009], "backbone_single1": [0.004, 0.004, 0.004],
+             "batched32": [1.2, 1.2, 1.3], "backbone_batched32": [1.0, 0.9, 1.1]}
+  results = serving.summarize(pairs, {"c": seconds, "python": seconds})
+  single = next(r for r in results if r["kind"] == "single" and r["runtime"] == "c")
+  assert single["p50_ms"] == pytest.approx(5.5) and single["tasks_per_s"] == pytest.approx(
+      181.82, abs=0.01)
+  batched = next(r for r in results if r["kind"] == "batched" and r["runtime"] == "c")
+  assert batched["tasks_per_s"] == pytest.approx(26.67, abs=0.01)
+  assert batched["images_per_s"] == pytest.approx(800.0)
+  rows = {(g["runtime"], g["goal"]): g for g in serving.goals(results)}
+  added = rows[("c", "adaptation_added_p50_ms")]
+  assert added["value"] == pytest.approx(1.5) and added["met"] and added["judged"]
+  ratio = rows[("c", "batched_B32_images_ratio")]
+  assert ratio["value"] == pytest.approx(0.833, abs=1e-3) and ratio["met"] and ratio["judged"]
+  assert not rows[("python", "adaptation_added_p50_ms")]["judged"]
+  table = serving.format_tables(results, serving.goals(results))
+  assert "goal adaptation_added_p50_ms <= 2.0: c omniglot_5way1shot 1.5 met" in table
+
+
+def test_the_bare_backbone_is_stage_1s_preprocessing_and_backbone():
+  case = serving.ImageCase("tiny", backbones.BackboneConfig(conv4_channels=(4, 4, 4, 8)),
+                           "omniglot", 3, 1, 2, 35, True)
+  support, query = serving.task_images(case, 2, seed=0)  # B = 2 tasks
+  assert support.shape == (2, 3, 1, 35, 35, 1) and query.shape == (2, 6, 35, 35, 1)
+  assert support.dtype == np.uint8 and set(np.unique(support)) <= {0, 255}
+  front = serving.front_end(case)
+  module = serving.backbone_module(front)
+  pixels = query[0]  # [6, 35, 35, 1]
+  got = module.embed(tf.constant(pixels))["embeddings"].numpy()  # [6, 8]
+  expected = front.backbone(front.preprocess(pixels), training=False).numpy()
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+  assert sorted(module.served_variables) == sorted(front.variables())
