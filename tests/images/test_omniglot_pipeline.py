@@ -30,6 +30,18 @@ def test_results_table_and_goals():
   assert goals[2].startswith("LEO above Meta-SGD on 20way1shot, disjoint 95% intervals: met")
 
 
+def test_stage3_table_gives_mean_and_sd_over_seeds():
+  def study(setting, model, mean, sd):
+    return {"setting": setting, "model": model, "num_seeds": 5, "num_metatest_tasks": 50_000,
+            "over_seeds": {model: {"mean": mean, "sd": sd}}}
+  table = omniglot_pipeline.stage3_table([study("20way1shot", "leo", 0.9512, 0.0013),
+                                          study("5way1shot", "prototypes", 0.98, 0.0)])
+  assert ("| LEO, ours | not run | not run | 95.12 ± 0.13 (5 seeds, 50,000 tasks each) | not run |"
+          in table)
+  assert "| Nearest class mean, ours | 98.00 ± 0.00 (5 seeds, 50,000 tasks each) |" in table
+  assert "Meta-SGD" not in table
+
+
 def _parsed(*args):
   """The pipeline's flags parsed from `args` into a fresh FlagValues."""
   flag_values = flags.FlagValues()
@@ -95,6 +107,12 @@ def test_reduced_pipeline_reaches_a_floor_a_broken_one_cannot(tmp_path):
   (figure,) = summary["figures"]
   assert os.path.getsize(figure["figure"]) > 10_000
   assert figure["num_tasks"] == 100 and figure["accuracy_adapted"] > 0.9
+  # Stage 3: LEO trained again on train + val for 2 seeds, gathered by leo_tf.reproduce.
+  (study,) = summary["stage3"]
+  assert study["seeds"] == [0, 1] and study["num_metatest_tasks"] == 200
+  assert study["settings"]["data"]["train_on_val"] and study["over_seeds"]["leo"]["mean"] > 0.5
   with open(tmp_path / "runs" / "results.md") as f:
-    assert "LEO, ours" in f.read()
+    markdown = f.read()
+  assert "LEO, ours" in markdown and "Stage 3 (trained again" in markdown
+  assert "| LEO, ours | " + f"{100 * study['over_seeds']['leo']['mean']:.2f} ± " in markdown
 
