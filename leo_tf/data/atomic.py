@@ -51,6 +51,13 @@ def write_failure(error: BaseException) -> tuple[int, str] | None:
   return None
 
 
+def refused_write_error(code: int, message: str) -> OSError:
+  """An OSError with errno `code` whose text is `message` alone (no "[Errno N]" prefix)."""
+  error = OSError(message)
+  error.errno = code
+  return error
+
+
 def _current_umask() -> int:
   mask = os.umask(0o022)
   os.umask(mask)

@@ -108,10 +108,10 @@ def publish(export_dir: str, write_version: Callable[[str, int], None]) -> str:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     failure = None if isinstance(e, FileExistsError) else atomic.write_failure(e)
     if failure is not None:  # a full disk, a quota, ... (OSError or TensorFlow's error)
-      raise OSError(failure[0], f"could not write version {version} of {export_dir} "
-                    f"({failure[1]}); nothing was published and no partial folder is left "
-                    f"(versions {existing or 'none'} are as they were). Free space and export "
-                    "again.") from e
+      raise atomic.refused_write_error(
+          failure[0], f"could not write version {version} of {export_dir} ({failure[1]}); "
+          f"nothing was published and no partial folder is left (versions {existing or 'none'} "
+          "are as they were). Free space and export again.") from e
     raise
   atomic.fsync_dir(export_dir)
   return final_dir
