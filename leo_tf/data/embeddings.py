@@ -170,8 +170,10 @@ def _unpickle(path: str) -> Any:
   try:
     with open(path, "rb") as f:
       return _RestrictedUnpickler(f, path, os.fstat(f.fileno()).st_size).load()
-  except UnsafePickleError:
-    raise
+  except UnsafePickleError as e:
+    if str(e).startswith(path):
+      raise
+    raise UnsafePickleError(f"{path}: {e}") from None  # _codecs.encode's, say: name the file
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
           IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError) as e:
     raise EmbeddingsError(

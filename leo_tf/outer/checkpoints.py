@@ -106,6 +106,9 @@ class RunState:
       ValueError: there are checkpoints, and none of them reads back whole.
     """
     folder = os.path.join(self.root, "ckpt")
+    if self.chief:  # what a write killed mid-way left (kill -9, a crash): never a checkpoint
+      for stale in glob.glob(os.path.join(glob.escape(self.root), "*", "ckpt-*_temp")):
+        _remove(stale)
     candidates = self._resume_candidates()
     if not candidates:
       return False
@@ -212,7 +215,7 @@ class RunState:
       resume = [c for c in self._resume_candidates() if c[1] != prefix]
       where = (f"from step {resume[0][0]} ({_run_relative(self.root, resume[0][1])})"
                if resume else "from step 0 (no checkpoint was written before)")
-      raise OSError(
+      raise atomic.refused_write_error(
           failure[0],
           f"could not write the checkpoint {prefix} ({failure[1]}); nothing "
           f"was lost and no partial file is left. Free space (or fix the folder) and run the "

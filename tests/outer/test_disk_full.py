@@ -95,7 +95,7 @@ def test_a_full_disk_at_the_latest_checkpoint_loses_nothing(tmp_path, monkeypatc
   run = keep[0]
   assert failed.value.errno == errno.ENOSPC
   assert str(failed.value) == (
-      f"[Errno {errno.ENOSPC}] could not write the checkpoint {tmp_path}/ckpt/ckpt-4 "
+      f"could not write the checkpoint {tmp_path}/ckpt/ckpt-4 "
       f"({NO_SPACE}); nothing was lost and no partial file is left. Free space (or fix the "
       "folder) and run the same command again: it resumes from step 4 (best/ckpt-4), to the "
       "weights of an uninterrupted run.")
@@ -104,10 +104,13 @@ def test_a_full_disk_at_the_latest_checkpoint_loses_nothing(tmp_path, monkeypatc
   assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-2")
   monkeypatch.undo()
   capsys.readouterr()
+  stale = tmp_path / "best" / "ckpt-3_temp"  # what a write killed mid-way (kill -9) leaves
+  stale.mkdir()
   # Started again, it resumes at step 4 (the rerun printed "Starting step 0" here)
-  # with every variable as the stopped run held it.
+  # with every variable as the stopped run held it, and removes the stale folder.
   again = _run(tmp_path)
   assert again.restore_latest()
+  assert not stale.exists()
   assert "Resuming from the best checkpoint best/ckpt-4 (step 4)" in capsys.readouterr().err
   for ours, theirs in zip(_state(again), _state(run), strict=True):
     np.testing.assert_array_equal(ours, theirs)
@@ -196,7 +199,7 @@ def test_a_full_disk_while_publishing_a_version_publishes_nothing(tmp_path, erro
     publish.publish(export_dir, write_version)
   assert failed.value.errno == errno.ENOSPC
   assert str(failed.value).startswith(
-      f"[Errno {errno.ENOSPC}] could not write version 2 of {export_dir} ({NO_SPACE}); "
+      f"could not write version 2 of {export_dir} ({NO_SPACE}); "
       "nothing was published and no partial folder is left")
   assert os.listdir(export_dir) == ["1"]  # no .tmp-2-<pid> folder
   with open(os.path.join(first, "saved_model.pb"), "rb") as f:
