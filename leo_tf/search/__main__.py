@@ -107,7 +107,8 @@ def main(argv):
     print("No trial completed (see the leaderboard).", flush=True)
   else:
     test = {k: v for k, v in best.user_attrs.items() if k.startswith("metatest")}
-    print(f"Best: trial {best.number}, meta-valid {label} {best.value:.6g}, "
+    value = f"{100 * best.value:.2f}%" if label == "accuracy" else f"{best.value:.4f}"
+    print(f"Best: trial {best.number}, meta-valid {label} {value}, "
           f"{', '.join(f'{k}={v}' for k, v in best.params.items())}; its meta-test: {test}",
           flush=True)
   print(f"Leaderboard: {written['leaderboard']}\nBest flagfile: {written['best_flagfile']}\n"

@@ -50,7 +50,7 @@ def _state(trial: optuna.trial.FrozenTrial) -> str:
   if trial.state == TrialState.PRUNED:
     return f"pruned at step {trial.user_attrs.get('last_step', '?')}"
   if trial.state == TrialState.FAIL:
-    return note or "failed (its worker stopped; queued again)"
+    return note or "failed (its worker stopped; see the trial that continues it)"
   return trial.state.name.lower()
 
 
