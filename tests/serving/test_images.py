@@ -216,9 +216,11 @@ _Q = _pixels((4, 28, 28, 1), 9)
     ("images_batched", _S[None], np.stack([_Q, _Q]),
      r"support_images and query_images must hold the same number B >= 1 of tasks on axis 0"),
     ("images_batched", _S[None][:0], _Q[None][:0], r"same number B >= 1 of tasks"),
+    ("images", np.zeros((501, 1, 2, 2, 1), np.uint8), _Q[:0],
+     r"support_images holds more than 500 examples in a task"),
 ], ids=["support_rank", "query_rank", "support_channels", "query_channels", "no_examples",
         "no_classes", "one_class", "other_size", "too_high", "batched_rank", "batched_b",
-        "batched_empty"])
+        "batched_empty", "too_many_examples"])
 def test_bad_image_requests_fail_with_clear_messages(exported, signature, support, query,
                                                      message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -286,6 +288,10 @@ def test_bad_batched_embeddings_fail_with_clear_messages(exported):
       (support[None], np.stack([query, query]), r"support and query must hold the same number "
                                                 r"B >= 1 of tasks on axis 0"),
       (support[None, :1], query[None], r"support has fewer than 2 classes"),
+      # 501 examples: the relation network's pairs grow as (N K)^2 (10,000 would need GBs).
+      (np.ones((1, 167, 3, D), np.float32), query[None],
+       r"support holds more than 500 examples in a task \(N K; the relation network compares "
+       r"every pair\); send fewer classes or fewer examples per class\. \[N K\]:\] \[167 3\]"),
       (np.where(np.arange(D) == 3, np.nan, support)[None].astype(np.float32), query[None],
        r"support contains NaN or Inf"),
       (support[None], np.where(np.arange(D) == 3, np.inf, query)[None].astype(np.float32),
