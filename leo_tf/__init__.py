@@ -9,8 +9,9 @@ Layers, each importing only those below it:
   serving         SavedModels for TF Serving
   images          backbones, Omniglot, stage 1
   bench           benchmarks
-Entry points: python -m leo_tf.train (train.py, flags in command_line.py) and
-python -m leo_tf.export (export.py).
+Entry points: python -m leo_tf.train (train.py, flags in command_line.py),
+python -m leo_tf.export (export.py) and python -m leo_tf.reproduce (reproduce.py,
+stage 3: seeds trained again on train + val).
 
 Importing the package does no work: no seeds are set and no files are read.
 """
