@@ -5,8 +5,10 @@ import os
 
 from absl import flags
 import pytest
+from tensorflow.core.protobuf import saved_model_pb2
 
 from leo_tf.images import omniglot_pipeline
+from leo_tf.serving import publish
 from tests.paths import REPO
 
 DATA = os.path.join(REPO, "..", "shared", "data", "omniglot")
@@ -115,4 +117,19 @@ def test_reduced_pipeline_reaches_a_floor_a_broken_one_cannot(tmp_path):
     markdown = f.read()
   assert "LEO, ours" in markdown and "Stage 3 (trained again" in markdown
   assert "| LEO, ours | " + f"{100 * study['over_seeds']['leo']['mean']:.2f} ± " in markdown
+  _check_export(summary, tmp_path)
+
+
+def _check_export(summary, work_dir):
+  """The quick run's LEO is exported with the stage-1 backbone: the image signatures are there."""
+  (version_dir,) = summary["exports"]
+  assert version_dir == os.path.join(str(work_dir), "runs", "models", "omniglot_5way1shot", "1")
+  saved_model = saved_model_pb2.SavedModel()
+  with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+    saved_model.ParseFromString(f.read())
+  assert {"serving_default", "images", "image_bytes", "images_batched"} <= set(
+      saved_model.meta_graphs[0].signature_def)
+  front_end = publish.read_export_config(version_dir)["front_end"]
+  assert front_end["convention"] == "omniglot"
+  assert front_end["folder"] == os.path.join(str(work_dir), "embeddings", "omniglot")
 
