@@ -1,7 +1,8 @@
-"""The classification SavedModel's signatures: LEO's adaptation on one task per request.
+"""The classification SavedModel's signatures: LEO's adaptation on each task of a request.
 
-One SavedModel serves any N-way K-shot task. Both signatures take raw
-(unnormalised) embeddings and normalise them as the training data is:
+One SavedModel serves any N-way K-shot task. `serving_default` and `generate`
+take raw (unnormalised) embeddings of one task and normalise them as the
+training data is:
 
   support  float32 [N, K, D]  K examples of class n in row n (N >= 2, K >= 1)
   query    float32 [Q, D]     examples to classify (Q >= 0)
@@ -21,6 +22,13 @@ encoder's mean codes decoded to the decoder's mean weights, no adaptation
 or D, empty support, N < 2, NaN or Inf, an all-zero embedding) fail with
 InvalidArgument errors that name the input and say what to send (check_request).
 The functions are plain graphs: no XLA, which TF Serving builds may lack.
+
+Beside them (ServingModule): `embeddings_batched` takes B tasks on axis 0
+(support [B, N, K, D], query [B, Q, D]) for TF Serving's batcher; with stage
+1's backbone (serving.images.FrontEnd) `images`, `image_bytes` and their
+`_batched` forms take uint8 pixels or PNG / JPEG files instead. These answer
+probabilities and classes only, unless exported with full_outputs. Every task
+of a batched request is answered bit for bit as alone (classify_tasks).
 """
 
 from __future__ import annotations
