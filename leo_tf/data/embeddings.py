@@ -125,6 +125,23 @@ def _bounded_reconstruct(size: int):
   return checked
 
 
+def _new_dtype(size: int):
+  """numpy.dtype that always makes a new object (copy=True).
+
+  The pickle's BUILD opcode then sets the state of that copy: with copy=False
+  numpy returns its own shared dtype (np.dtype("f4") itself), whose state a
+  corrupt pickle would change for the whole process (found by the fuzz: later
+  loads failed with SystemError from numpy's descriptor.c).
+  """
+  del size
+
+  def dtype(obj, align=False, copy=False):
+    del copy
+    return np.dtype(obj, bool(align), True)
+
+  return dtype
+
+
 # (module, name) -> how to resolve it, given the file's size in bytes. What numpy
 # needs to rebuild ndarrays of numbers and byte strings, found by pickling such a dict
 # with numpy (Python 2 writes numpy.core.multiarray, numpy >= 2 writes
@@ -137,7 +154,7 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"): lambda size: _numpy_multiarray().scalar,
     ("numpy._core.multiarray", "scalar"): lambda size: _numpy_multiarray().scalar,
     ("numpy", "ndarray"): _NdarrayClass,
-    ("numpy", "dtype"): lambda size: np.dtype,
+    ("numpy", "dtype"): _new_dtype,
     ("_codecs", "encode"): lambda size: _latin1_encode,
 }
 
@@ -151,10 +168,27 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acce
   data is in a few long strings, so both read a file at the same speed.
   """
 
+  dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
+
   def __init__(self, file, path: str, size: int):
     super().__init__(file, encoding="latin1")  # Python-2 str -> latin1 str.
     self._path = path
     self._size = size
+
+  def _load_bytearray8(self) -> None:
+    """BYTEARRAY8 (protocol 5) as pickle's, but a length beyond the file is refused.
+
+    pickle allocates the whole bytearray before reading into it (MemoryError
+    for a corrupt 8-byte length; found by the fuzz).
+    """
+    length, = struct.unpack("<Q", self.read(8))
+    if length > self._size:
+      raise EmbeddingsError(f"a bytearray of {length} bytes, more than the file's {self._size}.")
+    data = bytearray(length)
+    self.readinto(data)
+    self.append(data)
+
+  dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
 
   def find_class(self, module: str, name: str) -> Any:
     resolve = _ALLOWED_GLOBALS.get((module, name))
@@ -166,16 +200,46 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acce
     return resolve(self._size)
 
 
+class _SizedFile:
+  """A file whose reads never ask for more bytes than it has left.
+
+  A corrupt length (a FRAME, BINBYTES8 or BINUNICODE8 size of 2**50) would make
+  pickle ask the file for that many bytes, which Python allocates before
+  reading (MemoryError; found by the fuzz); asked for what is left, the read
+  comes back short and pickle says the data was truncated.
+  """
+
+  def __init__(self, f: io.BufferedIOBase):
+    self._f = f
+    self.size = os.fstat(f.fileno()).st_size
+
+  def _left(self, n: int | None) -> int:
+    left = max(self.size - self._f.tell(), 0)
+    return left if n is None or n < 0 else min(n, left)
+
+  def read(self, n: int | None = -1) -> bytes:
+    return self._f.read(self._left(n))
+
+  def readline(self, n: int | None = -1) -> bytes:
+    return self._f.readline(self._left(n))
+
+  def readinto(self, buffer) -> int:
+    view = memoryview(buffer).cast("B")
+    return self._f.readinto(view[:self._left(len(view))])
+
+
 def _unpickle(path: str) -> Any:
   try:
     with open(path, "rb") as f:
-      return _RestrictedUnpickler(f, path, os.fstat(f.fileno()).st_size).load()
+      sized = _SizedFile(f)
+      return _RestrictedUnpickler(sized, path, sized.size).load()
   except UnsafePickleError as e:
     if str(e).startswith(path):
       raise
     raise UnsafePickleError(f"{path}: {e}") from None  # _codecs.encode's, say: name the file
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-          IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError) as e:
+          IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError,
+          SystemError) as e:  # SystemError: numpy's C code refusing a malformed dtype state
     raise EmbeddingsError(
         f"{path}: not a readable embeddings pickle (truncated or corrupt?): "
         f"{type(e).__name__}: {e}. Re-download or regenerate the file.") from e

@@ -3,6 +3,7 @@
 The atomicity of write_split (through leo_tf.data.atomic) is tested in test_atomic.py.
 """
 
+import io
 import os
 import pathlib
 import pickle
@@ -244,6 +245,33 @@ def test_an_array_larger_than_the_file_is_refused_before_numpy_allocates_it(tmp_
                                                 r"array of 1125899906842624 elements, more than "
                                                 rf"the file's {len(raw)} bytes"):
     emb.read_embeddings_file(path)  # plain pickle: MemoryError, "Unable to allocate 1.00 PiB"
+
+
+@pytest.mark.parametrize("opcode", [b"\x96", b"\x95", b"\x8e", b"\x8d"],
+                         ids=["BYTEARRAY8", "FRAME", "BINBYTES8", "BINUNICODE8"])
+def test_a_length_beyond_the_file_is_refused_before_it_is_allocated(tmp_path, opcode):
+  path = tmp_path / "train_embeddings.pkl"  # protocol 5, a length of 2**50 bytes
+  path.write_bytes(b"\x80\x05" + opcode + (2**50).to_bytes(8, "little") + b"abc.")
+  with pytest.raises(emb.EmbeddingsError, match=r"train_embeddings.pkl: not a readable"):
+    emb.read_embeddings_file(str(path))  # plain pickle: MemoryError
+
+
+def test_a_pickled_dtype_is_a_copy_never_numpy_s_own(tmp_path):
+  # numpy.dtype("i8", False, False) is numpy's shared int64 dtype; the BUILD that follows
+  # sets the state of what it returned, which must be a copy.
+  raw = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00i8\x89\x89\x87R(K\x03X\x01\x00\x00\x00>"
+         b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.")
+  assert pickle._loads(raw) is np.dtype("i8")  # plain pickle: numpy's own, changed in place
+  loaded = emb._RestrictedUnpickler(io.BytesIO(raw), "x.pkl", len(raw)).load()
+  assert loaded is not np.dtype("i8") and loaded == np.dtype(">i8")
+  # A malformed 9-item state: numpy's C code raises SystemError ("returned NULL without
+  # setting an exception"), reported as a corrupt file.
+  state = pickle.dumps((None, 0, "<", b"z", 0, 1, 4, "|", ("a",)), protocol=2)[2:-1]
+  path = tmp_path / "train_embeddings.pkl"
+  path.write_bytes(b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x88\x87R" + state + b"b.")
+  with pytest.raises(emb.EmbeddingsError, match=r"train_embeddings.pkl: not a readable .*"
+                                                r"SystemError"):
+    emb.read_embeddings_file(str(path))
 
 
 # ---------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from leo_tf.data import embeddings as emb
 D = 16  # embedding size of the fuzzed files
 NUM_EXAMPLES = 1000
 FOLDER = tempfile.mkdtemp(prefix="leo_fuzz_")
-CANARY = os.path.join(FOLDER, "canary")
+CANARY_NAME = "leo_fuzz_canary"  # created in the working folder (FOLDER while fuzzing)
+CANARY = os.path.join(FOLDER, CANARY_NAME)
 PATH = os.path.join(FOLDER, "fuzz", "center", "train_embeddings.pkl")
 CONFIG = DataConfig(data_path=FOLDER, dataset_name="fuzz", embedding_crop="center")
 
@@ -49,8 +50,9 @@ VALID = _valid_dict()
 BASES = [_python2_style(VALID), pickle.dumps(VALID, protocol=2),
          pickle.dumps({**VALID, "labels": VALID["labels"].tolist()}, protocol=2)]
 # GLOBAL posix.system, then the command, REDUCE: what a payload in a pickle looks like.
-PAYLOAD = (b"cposix\nsystem\n(X" + struct.pack("<I", len(f"touch {CANARY}"))
-           + f"touch {CANARY}".encode() + b"tR")
+# The same bytes in every run (a relative name), so the seeded draws are the same too.
+PAYLOAD = (b"cposix\nsystem\n(X" + struct.pack("<I", len(f"touch {CANARY_NAME}"))
+           + f"touch {CANARY_NAME}".encode() + b"tR")
 ENTRIES = ("embeddings", "keys", "labels")
 
 
@@ -103,7 +105,8 @@ def _check_well_formed(split):
     assert all(split.image_names[r].startswith(name + "_") for r in indices[c, :sizes[c]])
 
 
-def test_mutated_pickles_load_well_formed_or_raise_embeddings_error():
+def test_mutated_pickles_load_well_formed_or_raise_embeddings_error(monkeypatch):
+  monkeypatch.chdir(FOLDER)
   outcomes = {"loaded": 0, "EmbeddingsError": 0, "UnsafePickleError": 0}
 
   @settings(max_examples=NUM_EXAMPLES, deadline=2000, derandomize=True, database=None,
@@ -129,7 +132,8 @@ def test_mutated_pickles_load_well_formed_or_raise_embeddings_error():
   print(f"fuzzed {sum(outcomes.values())} pickles: {outcomes}")
 
 
-def test_the_canary_payload_runs_under_plain_pickle():
+def test_the_canary_payload_runs_under_plain_pickle(monkeypatch):
+  monkeypatch.chdir(FOLDER)
   # The canary is a real one: plain pickle runs the payload that the fuzzer inserts.
   assert not os.path.exists(CANARY)
   pickle.loads(b"\x80\x02" + PAYLOAD + b".")
