@@ -288,12 +288,12 @@ def _describe(config: Stage3Config) -> str:
               if o.early_stopping_patience else ""))
   if config.problem == "regression":
     return (f"sines and lines, {config.run.tasks.num_tr_examples}-shot, models "
-            f"{', '.join(config.run.models)}; LEO {outer}; {config.num_metatest_tasks} held-out "
+            f"{', '.join(config.run.models)}; LEO {outer}; {config.num_metatest_tasks:,} held-out "
             f"tasks per seed (eval_seed {config.run.eval_seed})")
   d = config.run.data
   return (f"{config.run.model_name}, {d.num_classes}-way {d.num_tr_examples_per_class}-shot on "
           f"{d.dataset_name}/{d.embedding_crop}, meta-trained on the train + val classes "
-          f"(train_on_val); {outer}; {config.num_metatest_tasks} meta-test tasks per seed")
+          f"(train_on_val); {outer}; {config.num_metatest_tasks:,} meta-test tasks per seed")
 
 
 def seed_table(config: Stage3Config, records: Sequence[dict[str, Any]]) -> str:
