@@ -190,6 +190,28 @@ class _RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acce
 
   dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
 
+  def _load_build(self) -> None:
+    """BUILD as pickle's, but a numpy dtype's state must be the plain one numpy writes.
+
+    numpy 2.4's dtype.__setstate__ crashes the process (a segmentation fault)
+    on some malformed states, e.g. (3, '<', None, -1, -1, 0), and a corrupt
+    flags field makes an int64 dtype claim to hold objects (RuntimeError
+    "get_clear_loop not set" when the array is freed) (both found by fuzzing).
+    So the state must be the one numpy writes for the dtype just made from its
+    name, (3, <byte order>, None, None, None, <size>, <alignment>, <flags>),
+    with any byte order.
+    """
+    if len(self.stack) >= 2 and isinstance(self.stack[-2], np.dtype):
+      state, own = self.stack[-1], self.stack[-2].__reduce__()[2]
+      if not (isinstance(state, tuple) and len(state) == len(own) == 8
+              and state[1] in ("<", ">", "|", "=") and state[:1] + state[2:] == own[:1] + own[2:]
+              and all(type(v) is type(w) for v, w in zip(state, own))):  # pylint: disable=unidiomatic-typecheck
+        raise EmbeddingsError(f"a numpy dtype with the state {str(state)[:100]}, not the one "
+                              f"numpy writes for {self.stack[-2]} ({own}).")
+    pickle._Unpickler.load_build(self)  # pylint: disable=protected-access
+
+  dispatch[pickle.BUILD[0]] = _load_build
+
   def find_class(self, module: str, name: str) -> Any:
     resolve = _ALLOWED_GLOBALS.get((module, name))
     if resolve is None:

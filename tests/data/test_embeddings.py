@@ -8,12 +8,15 @@ import os
 import pathlib
 import pickle
 import pickletools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from leo_tf.data import embeddings as emb
 from leo_tf.core.config import DataConfig
+from tests.paths import REPO
 
 D = 640
 
@@ -264,14 +267,36 @@ def test_a_pickled_dtype_is_a_copy_never_numpy_s_own(tmp_path):
   assert pickle._loads(raw) is np.dtype("i8")  # plain pickle: numpy's own, changed in place
   loaded = emb._RestrictedUnpickler(io.BytesIO(raw), "x.pkl", len(raw)).load()
   assert loaded is not np.dtype("i8") and loaded == np.dtype(">i8")
-  # A malformed 9-item state: numpy's C code raises SystemError ("returned NULL without
-  # setting an exception"), reported as a corrupt file.
-  state = pickle.dumps((None, 0, "<", b"z", 0, 1, 4, "|", ("a",)), protocol=2)[2:-1]
+
+
+_DTYPE_F4 = b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x88\x87R"
+
+
+@pytest.mark.parametrize("state", [
+    (None, 0, "<", b"z", 0, 1, 4, "|", ("a",)),  # numpy: SystemError
+    (3, "<", None, None, None, -1, -1, 63),  # flags of an object dtype on float32
+    (3, "<", None, None, None, 8, 8, 0),  # another size
+])
+def test_a_dtype_state_other_than_numpy_s_own_is_refused(tmp_path, state):
   path = tmp_path / "train_embeddings.pkl"
-  path.write_bytes(b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x88\x87R" + state + b"b.")
-  with pytest.raises(emb.EmbeddingsError, match=r"train_embeddings.pkl: not a readable .*"
-                                                r"SystemError"):
+  path.write_bytes(_DTYPE_F4 + pickle.dumps(state, protocol=2)[2:-1] + b"b.")
+  with pytest.raises(emb.EmbeddingsError, match=r"train_embeddings.pkl: not a readable .*a "
+                                                r"numpy dtype with the state"):
     emb.read_embeddings_file(str(path))
+
+
+def test_a_dtype_state_that_crashes_numpy_is_refused(tmp_path):
+  # numpy 2.4's dtype.__setstate__((3, '<', None, -1, -1, 0)) is a segmentation fault: load
+  # it in a process of its own (without the check, that process dies with -11).
+  path = tmp_path / "train_embeddings.pkl"
+  path.write_bytes(_DTYPE_F4 + pickle.dumps((3, "<", None, -1, -1, 0), protocol=2)[2:-1]
+                   + b"b.")
+  result = subprocess.run(
+      [sys.executable, "-c", "import sys\nfrom leo_tf.data import embeddings as emb\ntry:\n"
+       "  emb.read_embeddings_file(sys.argv[1])\nexcept emb.EmbeddingsError as e:\n"
+       "  print(e)\n", str(path)], capture_output=True, text=True, timeout=60, cwd=REPO)
+  assert result.returncode == 0, result
+  assert "a numpy dtype with the state (3, '<', None, -1, -1, 0)" in result.stdout
 
 
 # ---------------------------------------------------------------------------
