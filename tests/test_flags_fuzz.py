@@ -10,9 +10,7 @@ results folder and export folder stay absent, and training is never reached.
 Seeded (derandomize), bounded (max_examples), no example database.
 """
 
-import math
 import os
-import tempfile
 
 import pytest
 from absl import flags
@@ -112,11 +110,12 @@ def _reached(config):
   raise _Accepted(config)
 
 
-def test_refused_flag_combinations_are_one_clear_error_before_any_file(monkeypatch, capsys):
+def test_refused_flag_combinations_are_one_clear_error_before_any_file(monkeypatch, capsys,
+                                                                      tmp_path):
   for experiment, _ in train.EXPERIMENTS.values():
     monkeypatch.setattr(experiment, "train", _reached)
     monkeypatch.setattr(experiment, "evaluate", _reached)
-  root = tempfile.mkdtemp(prefix="leo_flags_fuzz_")
+  root = str(tmp_path)
   folders = [f"--checkpoint_path={root}/run", f"--results_dir={root}/results",
              f"--export_dir={root}/models", f"--data_path={root}/data"]
   parse = progress.flags_parser("leo_tf.train")

@@ -10,8 +10,10 @@ never another exception, never more than the deadline, never the canary file.
 Seeded (derandomize) and bounded (max_examples, deadline), no example database.
 """
 
+import atexit
 import os
 import pickle
+import shutil
 import struct
 import tempfile
 
@@ -25,6 +27,7 @@ from leo_tf.data import embeddings as emb
 D = 16  # embedding size of the fuzzed files
 NUM_EXAMPLES = 1000
 FOLDER = tempfile.mkdtemp(prefix="leo_fuzz_")
+atexit.register(shutil.rmtree, FOLDER, True)
 CANARY_NAME = "leo_fuzz_canary"  # created in the working folder (FOLDER while fuzzing)
 CANARY = os.path.join(FOLDER, CANARY_NAME)
 PATH = os.path.join(FOLDER, "fuzz", "center", "train_embeddings.pkl")
