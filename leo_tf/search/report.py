@@ -215,13 +215,14 @@ def write_plots(study: optuna.Study, settings: Sequence[space_lib.Setting], stud
   def history():
     ax = optuna_plots.plot_optimization_history(study, target_name=target_name)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_title(f"{title}; pruned trials are not drawn")
+    ax.set_title(f"{title} (pruned ones not drawn)")
     ax.figure.set_size_inches(8, 4.5)
     ax.figure.tight_layout()
     return ax.figure
 
   def importances():
     ax = optuna_plots.plot_param_importances(study, target_name=target_name)
+    ax.set_title("", loc="left")  # Optuna's own title sits there
     ax.set_title(f"{title}: share of the score's variance (fANOVA)")
     ax.figure.set_size_inches(8, 4.5)
     ax.figure.tight_layout()
@@ -241,7 +242,8 @@ def write_plots(study: optuna.Study, settings: Sequence[space_lib.Setting], stud
     for name, make in makers:
       figure = make()
       path = os.path.join(study_dir, name)
-      atomic.atomic_write(path, lambda f, fig=figure: fig.savefig(f, format="png", dpi=100))
+      atomic.atomic_write(path, lambda f, fig=figure: fig.savefig(f, format="png", dpi=100,
+                                                               bbox_inches="tight"))
       plt.close(figure)
       written.append(path)
   return written
