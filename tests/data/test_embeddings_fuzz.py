@@ -18,7 +18,6 @@ import struct
 import tempfile
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from leo_tf.core.config import DataConfig

@@ -21,7 +21,6 @@ from google.protobuf import wrappers_pb2
 from leo_tf.images import omniglot
 from leo_tf.images import pretrain
 from leo_tf.serving import classification
-from leo_tf.serving import images
 from tests.paths import REPO
 from tests.serving.helpers import D, NZ, load_script, task
 
