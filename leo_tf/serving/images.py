@@ -97,6 +97,15 @@ class FrontEnd:
     return tf.reshape(features, [-1, self.embedding_dim])[:m]  # [chunks, E, F] -> [M, F]
 
 
+
+def _same_number_of_tasks(s_name: str, q_name: str):
+  """The batched signatures' check: support and queries hold the same B >= 1 tasks on axis 0."""
+  return lambda s, q: tf.debugging.Assert(
+      tf.logical_and(tf.equal(tf.shape(s)[0], tf.shape(q)[0]), tf.shape(s)[0] > 0), [
+          f"{s_name} and {q_name} must hold the same number B >= 1 of tasks on axis 0; send "
+          "task b's support and queries at index b of both.", f"{s_name} shape:", tf.shape(s),
+          f"{q_name} shape:", tf.shape(q)], _SHOWN)
+
 def check_images(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool,
                  support_size: Callable[[tf.Tensor, str], tf.Operation],
                  names: tuple[str, str] = ("support_images", "query_images")
@@ -142,11 +151,7 @@ def check_images(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched
           "convert the images before sending.", f"{q_name} shape:", tf.shape(q)], _SHOWN),
   ]
   if batched:
-    checks.append(lambda s, q: tf.debugging.Assert(
-        tf.logical_and(tf.equal(tf.shape(s)[0], tf.shape(q)[0]), tf.shape(s)[0] > 0), [
-            f"{s_name} and {q_name} must hold the same number B >= 1 of tasks on axis 0; send "
-            "task b's support and queries at index b of both.", f"{s_name} shape:", tf.shape(s),
-            f"{q_name} shape:", tf.shape(q)], _SHOWN))
+    checks.append(_same_number_of_tasks(s_name, q_name))
   first = 1 if batched else 0  # the axis of N
   checks += [
       lambda s, q: tf.debugging.Assert(tf.reduce_prod(tf.shape(s)[first:first + 2]) > 0, [
@@ -212,11 +217,7 @@ def decode(support: tf.Tensor, query: tf.Tensor, channels: int, *, batched: bool
           f"{q_name} shape:", tf.shape(q)], _SHOWN),
   ]
   if batched:
-    checks.append(lambda s, q: tf.debugging.Assert(
-        tf.logical_and(tf.equal(tf.shape(s)[0], tf.shape(q)[0]), tf.shape(s)[0] > 0), [
-            f"{s_name} and {q_name} must hold the same number B >= 1 of tasks on axis 0; send "
-            "task b's support and queries at index b of both.", f"{s_name} shape:", tf.shape(s),
-            f"{q_name} shape:", tf.shape(q)], _SHOWN))
+    checks.append(_same_number_of_tasks(s_name, q_name))
   first = 1 if batched else 0
   checks += [
       lambda s, q: tf.debugging.Assert(tf.size(s) > 0, [
