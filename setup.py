@@ -28,5 +28,5 @@ setuptools.setup(
         "optuna~=5.0",
     ],
     # Hypothesis fuzzes the embedding reader, the flags and the served signatures.
-    extras_require={"test": ["pytest~=9.0", "hypothesis~=6.100"]},
+    extras_require={"test": ["pytest~=9.0", "pytest-xdist~=3.8", "hypothesis~=6.100"]},
 )

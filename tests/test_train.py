@@ -93,13 +93,15 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_matches(data_path,
   sent = time.time()
   proc.send_signal(signal.SIGTERM)  # what a scheduler sends before preempting
   output, _ = proc.communicate(timeout=60)
-  assert time.time() - sent < 10, "did not stop within a few seconds"
+  # Within seconds, not minutes, on a loaded machine too (the suite runs two files at once);
+  # promptness is judged by the step it stopped at, below.
+  assert time.time() - sent < 30, "did not stop within 30 s"
   assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
   found = re.search(r"Training stopped by SIGTERM at step (\d+); the checkpoint (\S+) holds "
                     r"everything to continue: run the same command again.", output)
   assert found, output[-2000:]
   step = int(found.group(1))
-  assert 10 <= step < STEPS
+  assert 10 <= step <= 20, "stopped more than 10 steps (about a second) after the signal"
   # The checkpoint is of the step it stopped at, not only the last periodic one.
   assert tf.train.latest_checkpoint(str(stopped / "ckpt")).endswith(f"ckpt-{step}")
   assert found.group(2).endswith(f"ckpt-{step}")

@@ -15,7 +15,12 @@ timed on the same images:
   single   one task per request (signature `images`): p50 and p99 of a request,
            and of the bare backbone on the request's N K + Q images; the
            difference is what LEO (checks, encoder, relation network, latent
-           adaptation, fine-tuning, classifier) adds.
+           adaptation, fine-tuning, classifier) adds. Broken down by two more
+           measurements in the same rounds: the backbone as the export runs it
+           (`embed_chunked`: serving.images.FrontEnd.embed, chunks of
+           EMBED_CHUNK images, the last padded), and LEO alone (the export's
+           `serving_default` on the request's embeddings, as stage 1 computes
+           them).
   batched  B tasks per request (signature `images_batched`) for B = 1, 8, 32:
            tasks/s and images/s from the median request, against the bare
            backbone's images/s on the same B (N K + Q) images in one call.
@@ -63,6 +68,8 @@ OMNIGLOT_DIR = os.path.join(REPO, "..", "shared", "data", "omniglot")
 IMAGES = "images"  # the single-task image signature (serving.classification)
 IMAGES_BATCHED = "images_batched"  # B tasks on axis 0
 EMBED = "embed"  # the bare backbone's signature (backbone_module)
+EMBED_CHUNKED = "embed_chunked"  # the backbone as the image signatures run it (FrontEnd.embed)
+SERVING_DEFAULT = "serving_default"  # LEO on embeddings (serving.classification)
 BATCH_SIZES = (1, 8, 32)
 RUNTIMES = ("c", "python")
 ADDED_MS_GOAL = 2.0  # LEO adds at most this to the bare backbone's p50 (C, Omniglot 5-way 1-shot)
@@ -173,7 +180,8 @@ def image_export(case: ImageCase, folder: str) -> str:
 
 
 def backbone_module(front):
-  """The bare backbone as a tf.Module: signature `embed`, uint8 [M, H, W, C] -> [M, F]."""
+  """The bare backbone as a tf.Module: signatures `embed` (one call on all M images) and
+  `embed_chunked` (FrontEnd.embed), uint8 [M, H, W, C] -> [M, F]."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   class Backbone(tf.Module):
@@ -190,6 +198,10 @@ def backbone_module(front):
         return {"embeddings": front.backbone(front.preprocess(images), training=False)}
 
       self.embed = embed
+      chunked = tf.function(front.embed, jit_compile=False, input_signature=(
+          tf.TensorSpec([None, None, None, front.channels], tf.uint8, name="images"),))
+      self.embed_chunked = tf.function(lambda images: {"embeddings": chunked(images)},
+                                       input_signature=chunked.input_signature)
 
   return Backbone()
 
@@ -199,7 +211,8 @@ def backbone_export(case: ImageCase, folder: str) -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   module = backbone_module(front_end(case))
   path = os.path.join(folder, "backbone")
-  tf.saved_model.save(module, path, signatures={EMBED: module.embed})
+  tf.saved_model.save(module, path, signatures={EMBED: module.embed,
+                                                 EMBED_CHUNKED: module.embed_chunked})
   return path
 
 
@@ -241,7 +254,8 @@ class Measurement:
 
   id: str
   case: str
-  kind: str  # single, batched, backbone_single, backbone_batched
+  kind: str  # single, backbone_single, chunked_single, embeddings_single, batched,
+  # backbone_batched
   model: str  # "leo" or "backbone"
   signature: str
   inputs: str  # .npz of the request's arrays, by input name
@@ -256,7 +270,9 @@ def plan(cases: Sequence[ImageCase], folder: str, num_calls: int, min_calls: int
 
   Returns:
     ({case: {"leo": version folder, "backbone": folder}}, pairs), each pair a
-    measurement of the image model and the bare backbone's on the same images.
+    measurement of the image model and the bare backbone's on the same images
+    (the single-task one also the chunked backbone's and LEO's on their
+    embeddings).
   """
   models, pairs = {}, []
   for case in cases:
@@ -275,11 +291,21 @@ def plan(cases: Sequence[ImageCase], folder: str, num_calls: int, min_calls: int
                            query.reshape((-1,) + query.shape[2:])])  # [N K + Q, H, W, C]
     single = write("single", support_images=support[0], query_images=query[0])
     bare = write("backbone_single", images=flat)
+    front = front_end(case)  # the exports' weights (the same seed)
+    features = front.backbone(front.preprocess(flat), training=False).numpy()  # [N K + Q, F]
+    n_k = case.num_classes * case.num_shots
+    embeddings = write("embeddings_single",
+                       support=features[:n_k].reshape(case.num_classes, case.num_shots, -1),
+                       query=features[n_k:])
     pairs.append([
         Measurement(f"{case.name}/single", case.name, "single", "leo", IMAGES, single, 1,
                     images_n, num_calls),
         Measurement(f"{case.name}/backbone_single", case.name, "backbone_single", "backbone",
-                    EMBED, bare, 1, images_n, num_calls)])
+                    EMBED, bare, 1, images_n, num_calls),
+        Measurement(f"{case.name}/chunked_single", case.name, "chunked_single", "backbone",
+                    EMBED_CHUNKED, bare, 1, images_n, num_calls),
+        Measurement(f"{case.name}/embeddings_single", case.name, "embeddings_single", "leo",
+                    SERVING_DEFAULT, embeddings, 1, images_n, num_calls)])
     for b in batch_sizes:
       support, query = task_images(case, b, seed=2 + b)
       flat = np.concatenate([support.reshape((-1,) + support.shape[3:]),
@@ -456,14 +482,18 @@ def format_tables(results: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
   """The single-task table, the batched table and the goals, as text."""
   by = {(r["runtime"], r["case"], r["kind"], r["batch"]): r for r in results}
   lines = [f"{'runtime':7s} {'case':26s} {'images':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
-           f"{'backbone p50':>12s} {'backbone p99':>12s} {'LEO adds p50':>12s}"]
+           f"{'backbone p50':>12s} {'backbone p99':>12s} {'LEO adds p50':>12s} "
+           f"{'chunked p50':>11s} {'LEO alone p50':>13s}"]
   for (runtime, case, kind, batch), r in by.items():
     if kind != "single":
       continue
     bare = by[(runtime, case, "backbone_single", batch)]
+    chunked = by[(runtime, case, "chunked_single", batch)]
+    alone = by[(runtime, case, "embeddings_single", batch)]
     lines.append(f"{runtime:7s} {case:26s} {r['images']:6d} {r['p50_ms']:8.2f} "
                  f"{r['p99_ms']:8.2f} {bare['p50_ms']:12.2f} {bare['p99_ms']:12.2f} "
-                 f"{r['p50_ms'] - bare['p50_ms']:12.2f}")
+                 f"{r['p50_ms'] - bare['p50_ms']:12.2f} {chunked['p50_ms']:11.2f} "
+                 f"{alone['p50_ms']:13.2f}")
   lines += ["", f"{'runtime':7s} {'case':26s} {'B':>3s} {'p50 ms':>9s} {'tasks/s':>9s} "
                 f"{'images/s':>9s} {'backbone images/s':>17s} {'ratio':>6s}"]
   for (runtime, case, kind, batch), r in by.items():
@@ -479,6 +509,8 @@ def format_tables(results: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
         "(met)" if g["met"] else "(missed)")
     lines.append(f"goal {g['goal']} {g['target']}: {g['runtime']} {g['case']} "
                  f"{g['value']} {verdict}")
+  lines.append("(chunked: the backbone as the image signatures run it, EMBED_CHUNK images a "
+               "call; LEO alone: serving_default on the request's embeddings)")
   lines.append("(verdicts in brackets are reported alongside: the goals are judged on the C "
                f"loader, the added time on {GOAL_CASE}, the batched ratio at B = 32)")
   return "\n".join(lines)

@@ -25,7 +25,7 @@ def make_eval_step(model, jit_compile: bool = True
                    ) -> Callable[[ProblemInstance], tuple[tf.Tensor, tf.Tensor]]:
   """Returns step(problem) -> (per-task query accuracy [B], per-task query loss [B])."""
 
-  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+  @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
   def eval_step(problem: ProblemInstance) -> tuple[tf.Tensor, tf.Tensor]:
     outputs = model(problem, training=False)
     return outputs.val_accuracy, outputs.val_loss
@@ -69,7 +69,8 @@ class SplitEvaluator:
     classes, positions = np.nonzero(padded >= 0)
     self.row_class[padded[classes, positions]] = classes
     self.row_position[padded[classes, positions]] = positions
-    self._step = tf.function(self._accuracy, jit_compile=jit_compile, reduce_retracing=True)
+    self._step = tf.function(self._accuracy, jit_compile=jit_compile, reduce_retracing=True,
+                             autograph=False)
 
   def _accuracy(self, indices, slot_class, slot_rank, class_tasks, positions):
     k = self.k

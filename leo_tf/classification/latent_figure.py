@@ -81,7 +81,7 @@ def collect_codes(config: experiment.RunConfig, split: str = "val", num_tasks: i
   split_data = embeddings.load_split(config.data, split, config.model.embedding_dim)
   sampler = evaluation.eval_sampler(config.data, split_data, split, config.outer.seed)
 
-  @tf.function(reduce_retracing=True)
+  @tf.function(reduce_retracing=True, autograph=False)
   def run(problem):
     full = model(problem, training=False)
     before = no_adaptation(problem, training=False)

@@ -318,7 +318,7 @@ def make_embed_fn(backbone) -> Callable[[np.ndarray, int], np.ndarray]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   spec = tf.TensorSpec([None, *backbone.input_shape[1:]], tf.float32)
 
-  @tf.function(input_signature=[spec])
+  @tf.function(input_signature=[spec], autograph=False)
   def forward(x):
     return backbone(x, training=False)  # [b, S, S, C] -> [b, F]
 
@@ -402,7 +402,7 @@ def train_backbone(config: PretrainConfig, train: ImageSplit, val: ImageSplit,
   variables = backbone.trainable_variables + head_vars
   optimizer.build(variables)
 
-  @tf.function(reduce_retracing=True)
+  @tf.function(reduce_retracing=True, autograph=False)
   def train_step(images, labels):
     with tf.GradientTape() as tape:
       logits = logits_fn(backbone(images, training=True))  # [B, C]

@@ -122,7 +122,7 @@ def make_distributed_train_step(model: MetaLearner, optimizer: keras.optimizers.
   """
   num_replicas = strategy.num_replicas_in_sync
 
-  @tf.function(jit_compile=uses_xla(config, strategy), reduce_retracing=True)
+  @tf.function(jit_compile=uses_xla(config, strategy), reduce_retracing=True, autograph=False)
   def compiled_gradients(batch, noise):
     return outer_step.raw_meta_gradients(model, batch, noise)
 
@@ -131,7 +131,7 @@ def make_distributed_train_step(model: MetaLearner, optimizer: keras.optimizers.
     noise = model.draw_noise(batch, replica_seed(seed, replica_id, num_replicas))
     return compiled_gradients(batch, noise)
 
-  @tf.function(reduce_retracing=True)
+  @tf.function(reduce_retracing=True, autograph=False)
   def step(batches, seed: tf.Tensor):
     grads, metrics = strategy.run(replica_step, args=(batches, seed))
     mean = tf.distribute.ReduceOp.MEAN

@@ -126,13 +126,13 @@ def make_train_step(model: MetaLearner, optimizer: keras.optimizers.Optimizer,
   XLA-compiled function. So XLA on and off give the same draws for a seed.
   """
 
-  @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+  @tf.function(jit_compile=config.jit_compile, reduce_retracing=True, autograph=False)
   def compiled_step(batch, noise) -> StepMetrics:
     grads, metrics = meta_gradients(model, batch, noise, config)
     optimizer.apply_gradients(zip(grads, model.meta_variables))
     return metrics
 
-  @tf.function(reduce_retracing=True)
+  @tf.function(reduce_retracing=True, autograph=False)
   def train_step(batch, seed: tf.Tensor) -> StepMetrics:
     return compiled_step(batch, model.draw_noise(batch, seed))
 

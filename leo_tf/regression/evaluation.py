@@ -29,11 +29,11 @@ def make_predict_step(model, num_samples: int, jit_compile: bool
                       ) -> Callable[[tasks_lib.RegressionTasks, tf.Tensor], tf.Tensor]:
   """Returns predict(tasks, seed) -> sampled predictions [B, S, M, 1] (MAML: S = 1)."""
 
-  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+  @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
   def compiled_predict(tasks: tasks_lib.RegressionTasks, noise) -> tf.Tensor:
     return model(tasks, training=False, num_samples=num_samples, noise=noise).val_predictions
 
-  @tf.function(reduce_retracing=True)
+  @tf.function(reduce_retracing=True, autograph=False)
   def predict(tasks: tasks_lib.RegressionTasks, seed: tf.Tensor) -> tf.Tensor:
     return compiled_predict(tasks, model.draw_noise(tasks, seed, num_samples))
 
@@ -44,7 +44,7 @@ def make_means_step(model, jit_compile: bool
                     ) -> Callable[[tasks_lib.RegressionTasks], tf.Tensor]:
   """Returns predict(tasks) -> the deterministic prediction [B, 1, M, 1] (means throughout)."""
 
-  @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+  @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
   def predict(tasks: tasks_lib.RegressionTasks) -> tf.Tensor:
     return model(tasks, training=False, use_means=True).val_predictions
 

@@ -94,8 +94,18 @@ def test_images_answer_as_stage_1_embeddings_sent_to_serving_default(exported, d
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
     np.testing.assert_array_equal(got["classes"], want["classes"])
   # The check can fail: batch norm in training mode (batch statistics) gives other features.
-  training = exported.front_end.backbone(stage1[:, 1:4].reshape(-1, 28, 28, 1), training=True)
+  # (A call in training mode also moves the running statistics of the session's shared
+  # backbone, so they are put back after it.)
+  backbone = exported.front_end.backbone
+  kept = [v.numpy() for v in backbone.variables]
+  try:
+    training = backbone(stage1[:, 1:4].reshape(-1, 28, 28, 1), training=True)
+  finally:
+    for v, value in zip(backbone.variables, kept):
+      v.assign(value)
   assert np.abs(training.numpy() - query_features).max() > 1e-2
+  np.testing.assert_array_equal(embed_fn(stage1[:, 1:4].reshape(-1, 28, 28, 1), 64),
+                                query_features)
   # A JPEG is decoded as stage 1 decodes files; its pixels answer as the images signature.
   jpeg = np.array([tf.io.encode_jpeg(p).numpy() for p in query[:3]], dtype=object)
   decoded = np.stack([tf.io.decode_image(j, channels=1).numpy() for j in jpeg])
