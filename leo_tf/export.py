@@ -13,7 +13,8 @@ already holds is refused unless --allow_duplicate.
         --export_dir=models/omniglot --backbone_dir=data/embeddings/omniglot
 
 also puts stage 1's backbone (the folder leo_tf.images.pretrain wrote the run's
-embeddings from) into the SavedModel, for the signatures that take images.
+embeddings from) into the SavedModel, for the signatures that take images; it
+runs on a request's images in chunks of --embed_chunk (default 32).
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def main(argv):
   try:
     options = {"full_outputs": True} if f.full_outputs else {}
     if f.backbone_dir:
-      options["front_end"] = images.FrontEnd(*pretrain.load_embedding_function(f.backbone_dir))
+      options["front_end"] = images.FrontEnd(*pretrain.load_embedding_function(f.backbone_dir),
+                                             chunk=f.embed_chunk)
+    elif f.embed_chunk != images.EMBED_CHUNK:
+      raise ValueError("--embed_chunk applies to the image signatures only: give --backbone_dir "
+                       "too, or leave --embed_chunk out.")
     problem = export.read_run_config(f.checkpoint_path).to_dict()["problem"] if options else ""
     if problem not in ("", "classification"):
       raise ValueError("--backbone_dir and --full_outputs apply to classification runs only.")
@@ -72,6 +77,11 @@ def _define_flags():
                       "Stage 1's folder (<output_path>/<dataset_name> of leo_tf.images.pretrain, "
                       "with pretrain_info.json and backbone.weights.h5): adds the signatures "
                       "that take images (images, image_bytes and their _batched forms).")
+  flags.DEFINE_integer("embed_chunk", images.EMBED_CHUNK,
+                       "With --backbone_dir: images per backbone call, the last chunk of a "
+                       "request padded with blank images. N K + Q of the one task shape you "
+                       "serve (5-way 1-shot, 25 queries: 30) pads nothing; answers never depend "
+                       "on how many images or tasks share a request.")
   flags.DEFINE_bool("full_outputs", False,
                     "The batched and image signatures also return classifier_weights and "
                     "adapted_latents (image signatures: and the embeddings); by default they "

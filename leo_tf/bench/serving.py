@@ -93,6 +93,7 @@ class ImageCase:
   queries_per_class: int  # Q = N * queries_per_class
   request_side: int  # H = W of the request's images (resized in the graph to the backbone's S)
   drawings: bool  # real Omniglot drawings where ../shared/data/omniglot is present
+  embed_chunk: int = 32  # the export's images per backbone call (serving.images.EMBED_CHUNK)
 
   @property
   def num_queries(self) -> int:
@@ -103,8 +104,10 @@ class ImageCase:
     return self.num_classes * self.num_shots + self.num_queries
 
 
-def image_cases(wrn_depth: int = 16, wrn_width: int = 1) -> dict[str, ImageCase]:
-  """The three cases, by name; the WRN's depth and width as given."""
+def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = 32
+                ) -> dict[str, ImageCase]:
+  """The three cases, by name; the WRN's depth and width as given; the exports' chunk
+  (`python -m leo_tf.export --embed_chunk`) as given, 0 for each case's N K + Q."""
   # pylint: disable=g-import-not-at-top
   from leo_tf.images import backbones
   from leo_tf.images import omniglot_pipeline
@@ -118,6 +121,10 @@ def image_cases(wrn_depth: int = 16, wrn_width: int = 1) -> dict[str, ImageCase]
       ImageCase(f"rgb84_5way1shot_wrn{wrn_depth}_{wrn_width}", wrn, "image_dir", 5, 1, 5, 84,
                 False),
   )
+  if embed_chunk == 0:
+    cases = tuple(dataclasses.replace(case, embed_chunk=case.images_per_task) for case in cases)
+  else:
+    cases = tuple(dataclasses.replace(case, embed_chunk=embed_chunk) for case in cases)
   return {case.name: case for case in cases}
 
 
@@ -148,7 +155,8 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
 # The models and the requests (in the process that imports leo_tf).
 
 def front_end(case: ImageCase, seed: int = 0):
-  """Stage 1's embedding function for the case: its backbone, initial weights."""
+  """Stage 1's embedding function for the case: its backbone, initial weights, the case's
+  images per backbone call."""
   # pylint: disable=g-import-not-at-top
   import functools
   from leo_tf.images import backbones
@@ -160,7 +168,7 @@ def front_end(case: ImageCase, seed: int = 0):
                                  convention=case.convention)
   record = {"backbone": dataclasses.asdict(case.backbone), "convention": case.convention,
             "embedding_dim": case.backbone.feature_dim, "folder": "(untrained, benchmark)"}
-  return images.FrontEnd(backbone, preprocess, record)
+  return images.FrontEnd(backbone, preprocess, record, chunk=case.embed_chunk)
 
 
 def image_export(case: ImageCase, folder: str) -> str:
@@ -520,9 +528,10 @@ def run_image_benchmark(case_names: Sequence[str], runtimes: Sequence[str] = RUN
                         num_calls: int = 100, min_calls: int = 5, num_warmup: int = 3,
                         rounds: int = 5, batch_sizes: Sequence[int] = BATCH_SIZES,
                         wrn_depth: int = 16, wrn_width: int = 1,
-                        binary: str | None = None) -> tuple[list, list]:
+                        binary: str | None = None, embed_chunk: int = 32
+                        ) -> tuple[list, list]:
   """Exports the cases, times them in each runtime; returns (results, goal rows)."""
-  known = image_cases(wrn_depth, wrn_width)
+  known = image_cases(wrn_depth, wrn_width, embed_chunk)
   unknown = [name for name in case_names if name not in known]
   if unknown:
     raise ValueError(f"unknown --cases {unknown}; the cases are {sorted(known)}.")
@@ -611,7 +620,7 @@ def main(argv):
     cases = f.cases or list(image_cases(f.wrn_depth, f.wrn_width))
     results, goal_rows = run_image_benchmark(
         cases, f.runtimes, f.num_calls, f.min_calls, f.num_warmup, f.rounds,
-        [int(b) for b in f.batch_sizes], f.wrn_depth, f.wrn_width)
+        [int(b) for b in f.batch_sizes], f.wrn_depth, f.wrn_width, embed_chunk=f.embed_chunk)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"leo_tf.bench.serving: error: {e}") from None
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -635,6 +644,8 @@ def _define_flags():
   flags.DEFINE_integer("rounds", 5, "Rounds that alternate the model and its bare backbone.")
   flags.DEFINE_integer("wrn_depth", 16, "Depth of the reduced WRN of the 84x84 RGB case.")
   flags.DEFINE_integer("wrn_width", 1, "Width k of the reduced WRN (F = 64 k).")
+  flags.DEFINE_integer("embed_chunk", 32, "The image exports' images per backbone call "
+                       "(leo_tf.export --embed_chunk); 0: each case's N K + Q, no padding.")
   flags.DEFINE_string("export_dir", "", "Instead: time this export's embedding signatures "
                       "(its latest version, or a version folder) through Python.")
 

@@ -457,7 +457,7 @@ def servable(model: LEO, run_config, front_end: images.FrontEnd | None = None,
   record = {"format": FORMAT, "model": dataclasses.asdict(model.config),
             "signatures": signature_record(model, front_end, full_outputs)}
   if front_end is not None:
-    record["front_end"] = {**front_end.record, "embed_chunk": images.EMBED_CHUNK,
+    record["front_end"] = {**front_end.record, "embed_chunk": front_end.chunk,
                            "max_image_side": images.MAX_IMAGE_SIDE}
   return module, module.signature_functions, record, warmup_requests(model.config.embedding_dim,
                                                             front_end=front_end)

@@ -12,11 +12,15 @@ Every image of a request has the same H and W (any, up to MAX_IMAGE_SIDE) and
 C = the backbone's channels. `FrontEnd.embed` runs stage 1's own preprocessing
 (leo_tf.images.pretrain.preprocess_images: threshold or scaling, area
 resizing to S x S) and its backbone in inference mode (batch-norm running
-statistics, no dropout) in fixed chunks of EMBED_CHUNK images, the last one
-padded: every chunk has the same shape, so an image's embedding does not depend
-on which other images share its request (TensorFlow's convolutions give
-batch-size-dependent rounding otherwise), and memory stays bounded for
-requests of thousands of images.
+statistics, no dropout) in fixed chunks of FrontEnd.chunk images (EMBED_CHUNK
+= 32 unless the export says otherwise), the last one padded: every chunk has the
+same shape, so an image's embedding does not depend on how many images share its
+request (TensorFlow's convolutions round differently for other batch sizes), and
+memory stays bounded for requests of thousands of images. Its position inside
+its chunk can still move the last bit of a feature (oneDNN on a 2-core CPU,
+BUILD_NOTES.md); with a chunk of N K + Q every task of a batched request fills
+its own chunk, and requests concatenated by TF Serving's batcher answer exactly
+as each alone.
 
 The checks (check_images, decode) fail with InvalidArgument errors that name
 the input and say what to send.
@@ -31,7 +35,9 @@ import tensorflow as tf
 
 from leo_tf.serving import savedmodel
 
-EMBED_CHUNK = 32  # images per backbone call; fixed, so answers do not depend on the batch
+EMBED_CHUNK = 32  # images per backbone call by default; fixed, so answers do not depend on
+# the batch (FrontEnd.chunk; export --embed_chunk)
+MAX_EMBED_CHUNK = 4096  # images per backbone call at most (a chunk's activations are in memory)
 MAX_IMAGE_SIDE = 1024  # H, W at most this (bounds the memory of one chunk)
 MAX_DECODED_BYTES = 1 << 28  # pixels of the decoded files of one request, at most 256 MiB
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,6 +57,13 @@ class FrontEnd:
       own (leo_tf.images.pretrain.preprocess_images).
     record: what leo_config.json says of it (stage 1's folder, backbone
       configuration, convention).
+    chunk: images per backbone call (EMBED_CHUNK by default), the last chunk
+      of a request padded with blank images. Fixed, because a backbone's
+      features of an image can change in the last bits with the number of
+      images in its call (up to 6e-7 on a 2-core CPU, BUILD_NOTES.md), and
+      with its position in the call (one unit in the last place): a chunk of
+      N K + Q, the images of the one task shape served, pads nothing and
+      keeps every task in a chunk of its own, at the same positions.
   Build it from stage 1's folder with
   FrontEnd(*leo_tf.images.pretrain.load_embedding_function(folder)).
   """
@@ -58,6 +71,15 @@ class FrontEnd:
   backbone: Any
   preprocess: Callable[[tf.Tensor], tf.Tensor]
   record: dict[str, Any]
+  chunk: int = EMBED_CHUNK
+
+  def __post_init__(self):
+    if (isinstance(self.chunk, bool) or not isinstance(self.chunk, int)
+        or not 1 <= self.chunk <= MAX_EMBED_CHUNK):
+      raise ValueError(
+          f"embed_chunk is {self.chunk!r}: the backbone's images per call must be an integer "
+          f"from 1 to {MAX_EMBED_CHUNK}; use N K + Q of the task shape you serve (5-way 1-shot "
+          f"with 25 queries: 30), or the default {EMBED_CHUNK}.")
 
   @property
   def image_size(self) -> int:
@@ -79,20 +101,20 @@ class FrontEnd:
   def embed(self, images: tf.Tensor) -> tf.Tensor:
     """Checked pixels uint8 [M, H, W, C] -> raw features float32 [M, F].
 
-    Chunks of EMBED_CHUNK images, the last padded with blank (zero) images
+    Chunks of `chunk` (E) images, the last padded with blank (zero) images
     whose features are dropped; one chunk at a time.
     """
     m = tf.shape(images)[0]
-    padding = (-m) % EMBED_CHUNK
+    padding = (-m) % self.chunk
     padded = tf.pad(images, [[0, padding], [0, 0], [0, 0], [0, 0]])  # [M + pad, H, W, C]
-    chunks = tf.reshape(padded, tf.concat([[-1, EMBED_CHUNK], tf.shape(images)[1:]], axis=0))
-    # [M + pad, H, W, C] -> [chunks, EMBED_CHUNK, H, W, C]
+    chunks = tf.reshape(padded, tf.concat([[-1, self.chunk], tf.shape(images)[1:]], axis=0))
+    # [M + pad, H, W, C] -> [chunks, E, H, W, C]
 
-    def embed_chunk(chunk):  # [EMBED_CHUNK, H, W, C] -> [EMBED_CHUNK, F]
+    def embed_chunk(chunk):  # [E, H, W, C] -> [E, F]
       return self.backbone(self.preprocess(chunk), training=False)
 
     features = tf.map_fn(embed_chunk, chunks, parallel_iterations=1,
-                         fn_output_signature=tf.TensorSpec([EMBED_CHUNK, self.embedding_dim],
+                         fn_output_signature=tf.TensorSpec([self.chunk, self.embedding_dim],
                                                            tf.float32))
     return tf.reshape(features, [-1, self.embedding_dim])[:m]  # [chunks, E, F] -> [M, F]
 

@@ -5,6 +5,7 @@ probabilities and classes only unless full_outputs, bad image requests with clea
 and export/batching_parameters.txt as TF Serving parses it.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -170,6 +171,31 @@ def test_embedding_is_independent_of_the_other_images(exported):
   want = exported.front_end.backbone(
       pretrain.preprocess_images(pixels[:5], 28, "omniglot"), training=False).numpy()
   np.testing.assert_allclose(alone, want, atol=1e-5)
+
+
+def test_a_chunk_of_the_task_size_pads_nothing_and_answers_alike(exported):
+  # FrontEnd(chunk=7), a task of 7 images: behind other whole tasks its images fill a chunk
+  # at the same positions, and their features are the same bit for bit; at other positions
+  # and beside the default chunk's, the same within rounding (a batch of 7 rounds otherwise).
+  pixels = _pixels((40, 28, 28, 1), 5)
+  seven = dataclasses.replace(exported.front_end, chunk=7)
+  embed = tf.function(seven.embed)
+  alone = embed(pixels[:7]).numpy()  # one chunk, no padding
+  for offset in (7, 21):  # 1 and 3 tasks before it
+    shifted = embed(np.concatenate([pixels[7:7 + offset], pixels[:7]])).numpy()
+    np.testing.assert_array_equal(shifted[offset:], alone)
+  for offset in (1, 6):
+    shifted = embed(np.concatenate([pixels[7:7 + offset], pixels[:7]])).numpy()
+    np.testing.assert_allclose(shifted[offset:], alone, rtol=0, atol=1e-4)
+  default = tf.function(exported.front_end.embed)(pixels[:7]).numpy()  # padded to 32
+  np.testing.assert_allclose(alone, default, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 4097, 2.5, True, "30"])
+def test_a_bad_chunk_is_refused_with_the_fix(exported, chunk):
+  with pytest.raises(ValueError, match=r"embed_chunk is .*: the backbone's images per call must "
+                     r"be an integer from 1 to 4096; use N K \+ Q of the task shape"):
+    dataclasses.replace(exported.front_end, chunk=chunk)
 
 
 def test_no_queries_give_empty_answers(exported):
