@@ -78,10 +78,10 @@ class RunState:
       self.evals_without_improvement = tf.Variable(0, dtype=tf.int64, trainable=False,
                                                    name="evals_without_improvement")
     # "best_accuracy" or "best_mse": the names the checkpoints have always had.
-    self.checkpoint = tf.train.Checkpoint(
-        model=self.model, optimizer=self.optimizer, step=self.step,
-        evals_without_improvement=self.evals_without_improvement,
-        **{f"best_{self.model.score.name}": self.best})
+    self._state = {"model": self.model, "optimizer": self.optimizer, "step": self.step,
+                   "evals_without_improvement": self.evals_without_improvement,
+                   f"best_{self.model.score.name}": self.best}
+    self.checkpoint = tf.train.Checkpoint(**self._state)
     self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(self.path, "ckpt"),
                                               max_to_keep=max_to_keep)
 
@@ -115,7 +115,15 @@ class RunState:
     unreadable = []
     for step, prefix in candidates:
       try:
-        self.checkpoint.restore(prefix).assert_existing_objects_matched()
+        # best/'s checkpoints are written with Checkpoint.write, which leaves out the save
+        # counter unless an earlier save() made one (the first best comes before the first
+        # ckpt/ save); restore() makes one and then finds it unmatched, so such a
+        # checkpoint is read (Checkpoint.read: no counter) into the same objects.
+        names = {name for name, _ in tf.train.list_variables(prefix)}
+        if "save_counter/.ATTRIBUTES/VARIABLE_VALUE" in names:
+          self.checkpoint.restore(prefix).assert_existing_objects_matched()
+        else:
+          tf.train.Checkpoint(**self._state).read(prefix).assert_existing_objects_matched()
       except (*DAMAGED, ValueError, AssertionError) as e:
         unreadable.append(f"{_run_relative(self.root, prefix)} ({type(e).__name__})")
         continue

@@ -166,6 +166,24 @@ def test_no_whole_checkpoint_and_a_damaged_best_are_clear_errors(tmp_path):
                              "config.json")
 
 
+def test_a_first_best_checkpoint_before_any_latest_one_is_resumed_from(tmp_path, capsys):
+  # The first meta-validation writes best/ before ckpt/ has any checkpoint, and Checkpoint.write
+  # leaves out the save counter no save() has made yet; a kill -9 before ckpt/ckpt-5 is complete
+  # must still resume from it (it was refused as damaged, seen in the search's kill test).
+  run = _tiny_run(tmp_path)
+  run.step.assign(5)
+  run.model.inner_lr.assign(tf.fill([2], 5.0))
+  run.save_best(0.5)
+  assert not os.path.exists(tmp_path / "ckpt" / "checkpoint")
+  run = _tiny_run(tmp_path)
+  assert run.restore_latest()
+  assert int(run.step.numpy()) == 5
+  np.testing.assert_array_equal(run.model.inner_lr.numpy(), [5.0, 5.0])
+  assert "Resuming from the best checkpoint best/ckpt-5 (step 5): " in capsys.readouterr().err
+  run.save_latest()  # and training goes on, writing ckpt/ as usual
+  assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-5")
+
+
 def test_a_best_checkpoint_newer_than_the_latest_is_resumed_from(tmp_path, capsys):
   run = _tiny_run(tmp_path)
   _saved_at(run, 10)
