@@ -145,19 +145,7 @@ class RunState:
         "copy.")
 
   def _resume_candidates(self) -> list[tuple[int, str]]:
-    """(step, prefix) of the latest checkpoints and the best one, newest first."""
-    candidates = []
-    state = tf.train.get_checkpoint_state(os.path.join(self.root, "ckpt"))
-    if state is not None and state.model_checkpoint_path:
-      for prefix in state.all_model_checkpoint_paths or [state.model_checkpoint_path]:
-        candidates.append((checkpoint_step_of_name(prefix) or 0, prefix))
-    try:
-      prefix, record = best_checkpoint(self.root)
-      candidates.append((int(record["step"]), prefix))
-    except (OSError, ValueError, KeyError, TypeError):
-      pass  # no best checkpoint (or an unreadable pointer): ckpt/ alone
-    # Newest step first; of one step, ckpt/'s before best/'s (sort is stable).
-    return sorted(candidates, key=lambda c: -c[0])
+    return resume_candidates(self.root)
 
   def remove_scratch(self) -> None:
     """Deletes a non-chief worker's scratch folder."""
@@ -291,6 +279,23 @@ def read_model(model: MetaLearner, prefix: str, described_by: str) -> None:
     raise ValueError(
         f"Checkpoint {prefix} does not hold the model that {described_by} describes; use it "
         f"with its own run folder ({detail}).") from None
+
+
+def resume_candidates(path: str) -> list[tuple[int, str]]:
+  """(step, prefix) of run folder `path`'s latest checkpoints and its best one, newest first:
+  what Run.restore_latest tries, in its order."""
+  candidates = []
+  state = tf.train.get_checkpoint_state(os.path.join(path, "ckpt"))
+  if state is not None and state.model_checkpoint_path:
+    for prefix in state.all_model_checkpoint_paths or [state.model_checkpoint_path]:
+      candidates.append((checkpoint_step_of_name(prefix) or 0, prefix))
+  try:
+    prefix, record = best_checkpoint(path)
+    candidates.append((int(record["step"]), prefix))
+  except (OSError, ValueError, KeyError, TypeError):
+    pass  # no best checkpoint (or an unreadable pointer): ckpt/ alone
+  # Newest step first; of one step, ckpt/'s before best/'s (sort is stable).
+  return sorted(candidates, key=lambda c: -c[0])
 
 
 def restore_best(model: MetaLearner, path: str, described_by: str

@@ -316,8 +316,9 @@ def make_objective(search: SearchConfig, config, settings, fields, log: Callable
     retried = _retry_history(study, trial.number)
     origin = ""
     if retried:
-      latest = tf.train.latest_checkpoint(os.path.join(folder, "ckpt"))
-      resumed_at = checkpoints.checkpoint_step_of_name(latest) if latest else 0
+      # The step it resumes from: the newest of ckpt/'s and best/'s checkpoints (a kill can
+      # come after the first best and before the first ckpt/ checkpoint is complete).
+      resumed_at = max((step for step, _ in checkpoints.resume_candidates(folder)), default=0)
       trial.set_user_attr("resumed_at_step", resumed_at)
       origin = (f" (continues trial {retried[-1]}, whose worker stopped, from step "
                 f"{resumed_at})")
