@@ -80,8 +80,9 @@ def _define_flags():
   flags.DEFINE_integer("embed_chunk", images.EMBED_CHUNK,
                        "With --backbone_dir: images per backbone call, the last chunk of a "
                        "request padded with blank images. N K + Q of the one task shape you "
-                       "serve (5-way 1-shot, 25 queries: 30) pads nothing; answers never depend "
-                       "on how many images or tasks share a request.")
+                       "serve (5-way 1-shot, 25 queries: 30) pads nothing and puts every task "
+                       "in a chunk of its own, so that batched requests answer exactly as "
+                       "each alone (export/README.md).")
   flags.DEFINE_bool("full_outputs", False,
                     "The batched and image signatures also return classifier_weights and "
                     "adapted_latents (image signatures: and the embeddings); by default they "

@@ -109,7 +109,7 @@ class RunState:
     if self.chief:  # what a write killed mid-way left (kill -9, a crash): never a checkpoint
       for stale in glob.glob(os.path.join(glob.escape(self.root), "*", "ckpt-*_temp")):
         _remove(stale)
-    candidates = self._resume_candidates()
+    candidates = resume_candidates(self.root)
     if not candidates:
       return False
     unreadable = []
@@ -143,9 +143,6 @@ class RunState:
         f"No checkpoint in {self.root} reads back whole ({', '.join(unreadable)}); the files "
         "are damaged. Move ckpt/ and best/ away to train from step 0, or restore them from a "
         "copy.")
-
-  def _resume_candidates(self) -> list[tuple[int, str]]:
-    return resume_candidates(self.root)
 
   def remove_scratch(self) -> None:
     """Deletes a non-chief worker's scratch folder."""
@@ -208,7 +205,7 @@ class RunState:
         _remove(prefix + "_temp")
         for path in glob.glob(glob.escape(prefix) + ".*"):
           _remove(path)
-      resume = [c for c in self._resume_candidates() if c[1] != prefix]
+      resume = [c for c in resume_candidates(self.root) if c[1] != prefix]
       where = (f"from step {resume[0][0]} ({_run_relative(self.root, resume[0][1])})"
                if resume else "from step 0 (no checkpoint was written before)")
       raise atomic.refused_write_error(
