@@ -71,6 +71,7 @@ EMBED = "embed"  # the bare backbone's signature (backbone_module)
 EMBED_CHUNKED = "embed_chunked"  # the backbone as the image signatures run it (FrontEnd.embed)
 SERVING_DEFAULT = "serving_default"  # LEO on embeddings (serving.classification)
 BATCH_SIZES = (1, 8, 32)
+EMBED_CHUNK = 32  # serving.images.EMBED_CHUNK, the exports' default (not imported: see above)
 RUNTIMES = ("c", "python")
 ADDED_MS_GOAL = 2.0  # LEO adds at most this to the bare backbone's p50 (C, Omniglot 5-way 1-shot)
 GOAL_CASE = "omniglot_5way1shot"
@@ -93,7 +94,7 @@ class ImageCase:
   queries_per_class: int  # Q = N * queries_per_class
   request_side: int  # H = W of the request's images (resized in the graph to the backbone's S)
   drawings: bool  # real Omniglot drawings where ../shared/data/omniglot is present
-  embed_chunk: int = 32  # the export's images per backbone call (serving.images.EMBED_CHUNK)
+  embed_chunk: int = EMBED_CHUNK  # the export's images per backbone call
 
   @property
   def num_queries(self) -> int:
@@ -104,7 +105,7 @@ class ImageCase:
     return self.num_classes * self.num_shots + self.num_queries
 
 
-def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = 32
+def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = EMBED_CHUNK
                 ) -> dict[str, ImageCase]:
   """The three cases, by name; the WRN's depth and width as given; the exports' chunk
   (`python -m leo_tf.export --embed_chunk`) as given, 0 for each case's N K + Q."""
@@ -121,10 +122,8 @@ def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = 32
       ImageCase(f"rgb84_5way1shot_wrn{wrn_depth}_{wrn_width}", wrn, "image_dir", 5, 1, 5, 84,
                 False),
   )
-  if embed_chunk == 0:
-    cases = tuple(dataclasses.replace(case, embed_chunk=case.images_per_task) for case in cases)
-  else:
-    cases = tuple(dataclasses.replace(case, embed_chunk=embed_chunk) for case in cases)
+  cases = tuple(dataclasses.replace(case, embed_chunk=embed_chunk or case.images_per_task)
+                for case in cases)
   return {case.name: case for case in cases}
 
 
@@ -528,7 +527,7 @@ def run_image_benchmark(case_names: Sequence[str], runtimes: Sequence[str] = RUN
                         num_calls: int = 100, min_calls: int = 5, num_warmup: int = 3,
                         rounds: int = 5, batch_sizes: Sequence[int] = BATCH_SIZES,
                         wrn_depth: int = 16, wrn_width: int = 1,
-                        binary: str | None = None, embed_chunk: int = 32
+                        binary: str | None = None, embed_chunk: int = EMBED_CHUNK
                         ) -> tuple[list, list]:
   """Exports the cases, times them in each runtime; returns (results, goal rows)."""
   known = image_cases(wrn_depth, wrn_width, embed_chunk)
@@ -644,7 +643,7 @@ def _define_flags():
   flags.DEFINE_integer("rounds", 5, "Rounds that alternate the model and its bare backbone.")
   flags.DEFINE_integer("wrn_depth", 16, "Depth of the reduced WRN of the 84x84 RGB case.")
   flags.DEFINE_integer("wrn_width", 1, "Width k of the reduced WRN (F = 64 k).")
-  flags.DEFINE_integer("embed_chunk", 32, "The image exports' images per backbone call "
+  flags.DEFINE_integer("embed_chunk", EMBED_CHUNK, "The image exports' images per backbone call "
                        "(leo_tf.export --embed_chunk); 0: each case's N K + Q, no padding.")
   flags.DEFINE_string("export_dir", "", "Instead: time this export's embedding signatures "
                       "(its latest version, or a version folder) through Python.")

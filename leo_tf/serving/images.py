@@ -36,7 +36,7 @@ import tensorflow as tf
 from leo_tf.serving import savedmodel
 
 EMBED_CHUNK = 32  # images per backbone call by default; fixed, so answers do not depend on
-# the batch (FrontEnd.chunk; export --embed_chunk)
+# the number of images in a request (FrontEnd.chunk; export --embed_chunk)
 MAX_EMBED_CHUNK = 4096  # images per backbone call at most (a chunk's activations are in memory)
 MAX_IMAGE_SIDE = 1024  # H, W at most this (bounds the memory of one chunk)
 MAX_DECODED_BYTES = 1 << 28  # pixels of the decoded files of one request, at most 256 MiB

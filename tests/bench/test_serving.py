@@ -101,6 +101,16 @@ def test_goals_by_hand():
   assert row.split()[-2:] == ["4.20", "1.00"], row
 
 
+def test_the_cases_take_the_exports_chunk_or_their_own_task_size():
+  from leo_tf.serving import images  # pylint: disable=g-import-not-at-top
+  assert serving.EMBED_CHUNK == images.EMBED_CHUNK  # the copy the measuring process reads
+  assert {c.embed_chunk for c in serving.image_cases().values()} == {images.EMBED_CHUNK}
+  assert {c.embed_chunk for c in serving.image_cases(embed_chunk=7).values()} == {7}
+  own = serving.image_cases(embed_chunk=0)
+  assert own["omniglot_5way1shot"].embed_chunk == 30  # 5 x 1 + 25
+  assert own["omniglot_20way1shot"].embed_chunk == 120  # 20 x 1 + 100
+
+
 def test_the_bare_backbone_is_stage_1s_preprocessing_and_backbone():
   case = serving.ImageCase("tiny", backbones.BackboneConfig(conv4_channels=(4, 4, 4, 8)),
                            "omniglot", 3, 1, 2, 35, True)
