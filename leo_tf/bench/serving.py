@@ -95,6 +95,7 @@ class ImageCase:
   request_side: int  # H = W of the request's images (resized in the graph to the backbone's S)
   drawings: bool  # real Omniglot drawings where ../shared/data/omniglot is present
   embed_chunk: int = EMBED_CHUNK  # the export's images per backbone call
+  jit_compile: bool = False  # the export's LEO compiled with XLA (leo_tf.export --jit_compile)
 
   @property
   def num_queries(self) -> int:
@@ -105,10 +106,11 @@ class ImageCase:
     return self.num_classes * self.num_shots + self.num_queries
 
 
-def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = EMBED_CHUNK
-                ) -> dict[str, ImageCase]:
+def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = EMBED_CHUNK,
+                jit_compile: bool = False) -> dict[str, ImageCase]:
   """The three cases, by name; the WRN's depth and width as given; the exports' chunk
-  (`python -m leo_tf.export --embed_chunk`) as given, 0 for each case's N K + Q."""
+  (`python -m leo_tf.export --embed_chunk`) as given, 0 for each case's N K + Q; their
+  LEO compiled with XLA or not (--jit_compile)."""
   # pylint: disable=g-import-not-at-top
   from leo_tf.images import backbones
   from leo_tf.images import omniglot_pipeline
@@ -122,8 +124,8 @@ def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = EMBE
       ImageCase(f"rgb84_5way1shot_wrn{wrn_depth}_{wrn_width}", wrn, "image_dir", 5, 1, 5, 84,
                 False),
   )
-  cases = tuple(dataclasses.replace(case, embed_chunk=embed_chunk or case.images_per_task)
-                for case in cases)
+  cases = tuple(dataclasses.replace(case, embed_chunk=embed_chunk or case.images_per_task,
+                                    jit_compile=jit_compile) for case in cases)
   return {case.name: case for case in cases}
 
 
@@ -183,7 +185,7 @@ def image_export(case: ImageCase, folder: str) -> str:
   model = experiment.build_learner(config)
   return export.export_model(model, config, os.path.join(folder, "leo"),
                              {"checkpoint": "(untrained, benchmark)"}, warmup=False,
-                             front_end=front_end(case))
+                             front_end=front_end(case), jit_compile=case.jit_compile)
 
 
 def backbone_module(front):
@@ -527,10 +529,10 @@ def run_image_benchmark(case_names: Sequence[str], runtimes: Sequence[str] = RUN
                         num_calls: int = 100, min_calls: int = 5, num_warmup: int = 3,
                         rounds: int = 5, batch_sizes: Sequence[int] = BATCH_SIZES,
                         wrn_depth: int = 16, wrn_width: int = 1,
-                        binary: str | None = None, embed_chunk: int = EMBED_CHUNK
-                        ) -> tuple[list, list]:
+                        binary: str | None = None, embed_chunk: int = EMBED_CHUNK,
+                        jit_compile: bool = False) -> tuple[list, list]:
   """Exports the cases, times them in each runtime; returns (results, goal rows)."""
-  known = image_cases(wrn_depth, wrn_width, embed_chunk)
+  known = image_cases(wrn_depth, wrn_width, embed_chunk, jit_compile)
   unknown = [name for name in case_names if name not in known]
   if unknown:
     raise ValueError(f"unknown --cases {unknown}; the cases are {sorted(known)}.")
@@ -619,13 +621,17 @@ def main(argv):
     cases = f.cases or list(image_cases(f.wrn_depth, f.wrn_width))
     results, goal_rows = run_image_benchmark(
         cases, f.runtimes, f.num_calls, f.min_calls, f.num_warmup, f.rounds,
-        [int(b) for b in f.batch_sizes], f.wrn_depth, f.wrn_width, embed_chunk=f.embed_chunk)
+        [int(b) for b in f.batch_sizes], f.wrn_depth, f.wrn_width, embed_chunk=f.embed_chunk,
+        jit_compile=f.jit_compile)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"leo_tf.bench.serving: error: {e}") from None
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  exports = {"jit_compile": f.jit_compile, "embed_chunk": f.embed_chunk or "N K + Q"}
   for r in results + goal_rows:
-    print(json.dumps(dict(r, tensorflow=tf.__version__), sort_keys=True))
+    print(json.dumps(dict(r, tensorflow=tf.__version__, **exports), sort_keys=True))
   print(format_tables(results, goal_rows))
+  print(f"(the image exports: LEO with jit_compile={f.jit_compile}, embed_chunk="
+        f"{exports['embed_chunk']})")
 
 
 def _define_flags():
@@ -645,6 +651,8 @@ def _define_flags():
   flags.DEFINE_integer("wrn_width", 1, "Width k of the reduced WRN (F = 64 k).")
   flags.DEFINE_integer("embed_chunk", EMBED_CHUNK, "The image exports' images per backbone call "
                        "(leo_tf.export --embed_chunk); 0: each case's N K + Q, no padding.")
+  flags.DEFINE_bool("jit_compile", False, "The image exports' LEO compiled with XLA "
+                    "(leo_tf.export --jit_compile); the bare backbone stays as it is.")
   flags.DEFINE_string("export_dir", "", "Instead: time this export's embedding signatures "
                       "(its latest version, or a version folder) through Python.")
 

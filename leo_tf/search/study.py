@@ -211,11 +211,22 @@ def _create_or_load(search: SearchConfig, config, attempts: int = 3) -> optuna.S
       return optuna.create_study(storage=storage, study_name=search.name, load_if_exists=True,
                                  direction=direction(config), sampler=make_sampler(search),
                                  pruner=make_pruner(search))
+    except ImportError as e:  # SQLAlchemy's driver for the URL's database is not installed
+      raise SearchError(
+          f"--storage={_without_password(search.storage_url)}: no database driver for it "
+          f"({e.__cause__ or e}); install the one SQLAlchemy uses for this URL (PostgreSQL: "
+          "pip install 'psycopg[binary]', or name psycopg2 in the URL, postgresql+psycopg2://; "
+          "MySQL: pip install pymysql with mysql+pymysql://).") from None
     except sqlalchemy.exc.SQLAlchemyError:  # another machine created the tables meanwhile
       if attempt == attempts - 1:
         raise
       time.sleep(1.0 + attempt)
   raise AssertionError("unreachable")
+
+
+def _without_password(url: str) -> str:
+  """A storage URL for messages: user:password@ becomes user:***@."""
+  return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def open_study(search: SearchConfig, config, settings: Sequence[space_lib.Setting],

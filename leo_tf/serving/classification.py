@@ -21,7 +21,9 @@ encoder's mean codes decoded to the decoder's mean weights, no adaptation
 (its adapted_latents are the unadapted codes). Malformed requests (wrong rank
 or D, empty support, N < 2, NaN or Inf, an all-zero embedding) fail with
 InvalidArgument errors that name the input and say what to send (check_request).
-The functions are plain graphs: no XLA, which TF Serving builds may lack.
+The functions are plain graphs by default: TF Serving runs XLA only when started
+with --xla_cpu_compilation_enabled=true. With jit_compile, LEO's part of each
+signature (task_function) is compiled with XLA, for servers that allow it.
 
 Beside them (ServingModule): `embeddings_batched` takes B tasks on axis 0
 (support [B, N, K, D], query [B, Q, D]) for TF Serving's batcher; with stage
@@ -215,31 +217,49 @@ def classify(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
   }
 
 
-def classify_tasks(model: LEO, support: tf.Tensor, query: tf.Tensor, *, adapt: bool
-                   ) -> dict[str, tf.Tensor]:
-  """L2-normalise and `classify` each of B tasks: raw support [B, N, K, D], query [B, Q, D].
+def task_function(model: LEO, *, adapt: bool, jit_compile: bool = False):
+  """LEO on one checked task, as a tf.function: raw support [N, K, D], query [Q, D] -> outputs.
+
+  L2-normalises both as the training data is (embeddings.l2_normalize_rows),
+  then `classify`. Every signature calls one of these two functions (adapt or
+  not) on each task of a request, so a task's answer is the same whichever
+  signature carries it and whatever shares its request (see classify_tasks).
+
+  jit_compile: compile it with XLA, once per task shape (N, K, Q). About 5
+  times faster on a CPU, but the servers must run XLA: TF Serving only with
+  --xla_cpu_compilation_enabled=true (export/README.md); the C API and Python
+  loaders of the tensorflow wheel run it as they are.
+  """
+  embedding_dim = model.config.embedding_dim
+
+  def one_task(support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
+    return classify(model, tf.nn.l2_normalize(support, axis=-1),  # [N, K, D]
+                    tf.nn.l2_normalize(query, axis=-1), adapt=adapt)  # [Q, D]
+
+  return tf.function(one_task, jit_compile=jit_compile, input_signature=(
+      tf.TensorSpec([None, None, embedding_dim], tf.float32),
+      tf.TensorSpec([None, embedding_dim], tf.float32)))
+
+
+def classify_tasks(one_task, support: tf.Tensor, query: tf.Tensor, config) -> dict[str, tf.Tensor]:
+  """`one_task` (a task_function) on each of B tasks: raw support [B, N, K, D], query [B, Q, D].
 
   One task at a time (tf.map_fn), each exactly as a single-task request (the
   normalisation too): batched tensor ops round differently with the batch size
   (a reduction over D of B N K rows is not the same as of N K rows), and the TF
   Serving batcher must not change an answer by putting a request beside others.
+  config: the learner's ModelConfig (D, n_z).
 
   Returns:
     probabilities [B, Q, N], classes int64 [B, Q], classifier_weights [B, N, D],
     adapted_latents [B, N, n_z].
   """
-  c = model.config
   spec = {"probabilities": tf.TensorSpec([None, None], tf.float32),
           "classes": tf.TensorSpec([None], tf.int64),
-          "classifier_weights": tf.TensorSpec([None, c.embedding_dim], tf.float32),
-          "adapted_latents": tf.TensorSpec([None, c.num_latents], tf.float32)}
-
-  def one_task(task):  # ([N, K, D], [Q, D]) -> outputs of one task
-    support, query = task
-    return classify(model, tf.nn.l2_normalize(support, axis=-1),  # as embeddings.l2_normalize_rows
-                    tf.nn.l2_normalize(query, axis=-1), adapt=adapt)
-
-  return tf.map_fn(one_task, (support, query), fn_output_signature=spec, parallel_iterations=1)
+          "classifier_weights": tf.TensorSpec([None, config.embedding_dim], tf.float32),
+          "adapted_latents": tf.TensorSpec([None, config.num_latents], tf.float32)}
+  return tf.map_fn(lambda task: one_task(*task), (support, query), fn_output_signature=spec,
+                   parallel_iterations=1)
 
 
 # Signatures beside serving_default and generate (export/README.md lists them all).
@@ -272,39 +292,33 @@ class ServingModule(tf.Module):
     full_outputs: the batched and image signatures also return
       classifier_weights and adapted_latents (and the image signatures the
       raw embeddings); by default they return probabilities and classes only.
+    jit_compile: LEO's part of every signature (task_function) compiled with
+      XLA; the checks, the backbone and the task loop stay plain graph ops.
   """
 
   def __init__(self, model: LEO, front_end: images.FrontEnd | None = None,
-               full_outputs: bool = False):
+               full_outputs: bool = False, jit_compile: bool = False):
     super().__init__(name="leo_serving")
     self.served_variables = savedmodel.served_variables(model)
     embedding_dim = model.config.embedding_dim
     kept = ANSWERS + ADAPTED if full_outputs else ANSWERS
-
-    def run(support: tf.Tensor, query: tf.Tensor, adapt: bool) -> dict[str, tf.Tensor]:
-      support, query = check_request(support, query, embedding_dim)
-      support = tf.nn.l2_normalize(support, axis=-1)  # [N, K, D], as embeddings.l2_normalize_rows
-      query = tf.nn.l2_normalize(query, axis=-1)  # [Q, D]
-      return classify(model, support, query, adapt=adapt)
+    # Traced once each: one function in the SavedModel's library that every signature calls.
+    adapt_one = task_function(model, adapt=True, jit_compile=jit_compile)
+    generate_one = task_function(model, adapt=False, jit_compile=jit_compile)
 
     @tf.function(input_signature=_INPUT_SIGNATURE, jit_compile=False)
     def adapt_and_classify(support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
       """serving_default: support [N, K, D], query [Q, D] -> outputs (module docstring)."""
-      return run(support, query, adapt=True)
+      return adapt_one(*check_request(support, query, embedding_dim))
 
     @tf.function(input_signature=_INPUT_SIGNATURE, jit_compile=False)
     def generate(support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
       """generate: the same without latent adaptation and fine-tuning."""
-      return run(support, query, adapt=False)
+      return generate_one(*check_request(support, query, embedding_dim))
 
-    # LEO on B checked tasks, traced once and called by every batched and image
-    # signature (one function in the SavedModel's library, not one copy per signature).
-    @tf.function(input_signature=(tf.TensorSpec([None, None, None, embedding_dim], tf.float32),
-                                  tf.TensorSpec([None, None, embedding_dim], tf.float32)),
-                 jit_compile=False)
     def adapt_tasks(support: tf.Tensor, query: tf.Tensor) -> dict[str, tf.Tensor]:
       """Raw support [B, N, K, D], query [B, Q, D] (checked) -> classify_tasks' outputs."""
-      return classify_tasks(model, support, query, adapt=True)
+      return classify_tasks(adapt_one, support, query, model.config)
 
     @tf.function(input_signature=(_spec(tf.float32, "support"), _spec(tf.float32, "query")),
                  jit_compile=False)
@@ -329,7 +343,7 @@ class ServingModule(tf.Module):
     self.backbone_variables = front_end.variables()
     channels = front_end.channels
     embed = tf.function(front_end.embed, jit_compile=False, input_signature=(
-        tf.TensorSpec([None, None, None, channels], tf.uint8),))  # traced once, as adapt_tasks
+        tf.TensorSpec([None, None, None, channels], tf.uint8),))  # traced once, as adapt_one
 
     def run_images(support_pixels: tf.Tensor, query_pixels: tf.Tensor, batched: bool,
                    names: tuple[str, str]) -> dict[str, tf.Tensor]:
@@ -355,12 +369,12 @@ class ServingModule(tf.Module):
                                        f"{q_index} of the first:"),
       ]
       support, query = savedmodel.chain_checks(checks, support, query)
-      outputs = {name: value for name, value in adapt_tasks(support, query).items()
-                 if name in kept}
+      if not batched:  # [1, ...] -> [...]; the one task without the task loop
+        support, query = support[0], query[0]
+      outputs = adapt_tasks(support, query) if batched else adapt_one(support, query)
+      outputs = {name: value for name, value in outputs.items() if name in kept}
       if full_outputs:
         outputs.update(support_embeddings=support, query_embeddings=query)
-      if not batched:
-        outputs = {name: value[0] for name, value in outputs.items()}  # [1, ...] -> [...]
       return outputs
 
     def pixels_signature(batched: bool):
@@ -447,15 +461,17 @@ def warmup_requests(embedding_dim: int, model_name: str = savedmodel.DEFAULT_MOD
 
 
 def servable(model: LEO, run_config, front_end: images.FrontEnd | None = None,
-             full_outputs: bool = False) -> tuple[tf.Module, dict[str, Any], dict[str, Any], list]:
+             full_outputs: bool = False, jit_compile: bool = False
+             ) -> tuple[tf.Module, dict[str, Any], dict[str, Any], list]:
   """(module, signatures, record fields, warmup logs) of a classification export.
 
   front_end: stage 1's embedding function for the image signatures (None: none).
-  full_outputs: see ServingModule.
+  full_outputs, jit_compile: see ServingModule.
   """
-  module = ServingModule(model, front_end, full_outputs)
+  module = ServingModule(model, front_end, full_outputs, jit_compile)
   record = {"format": FORMAT, "model": dataclasses.asdict(model.config),
-            "signatures": signature_record(model, front_end, full_outputs)}
+            "signatures": signature_record(model, front_end, full_outputs),
+            "jit_compile": jit_compile}
   if front_end is not None:
     record["front_end"] = {**front_end.record, "embed_chunk": front_end.chunk,
                            "max_image_side": images.MAX_IMAGE_SIDE}

@@ -198,3 +198,17 @@ def test_workers_share_the_study_and_a_killed_trial_is_continued_not_counted(bas
   assert killed not in [t.number for t in others]
   assert len({t.user_attrs["run_folder"] for t in finished}) == num_trials
   assert len({tuple(sorted(t.params.items())) for t in finished}) == num_trials
+
+
+def test_a_storage_without_its_database_driver_says_what_to_install(base, tmp_path):
+  # SQLAlchemy picks the driver from the URL; one that is not installed (pg8000 here) is a
+  # SearchError that names the URL without its password and the package to install.
+  _, config, _, settings, fields = base
+  search = study_lib.SearchConfig(study_dir=str(tmp_path / "study"), num_trials=1,
+                                  storage="postgresql+pg8000://leo:secret@dbhost/leo")
+  with pytest.raises(study_lib.SearchError) as error:
+    study_lib.open_study(search, config, settings, fields)
+  message = str(error.value)
+  assert message.startswith("--storage=postgresql+pg8000://leo:***@dbhost/leo: no database "
+                            "driver for it (No module named 'pg8000')")
+  assert "pip install 'psycopg[binary]'" in message and "secret" not in message

@@ -48,3 +48,12 @@ def exported(tmp_path_factory):
   tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
   return Exported(config, run_dir, prefix, base, version_dir, model,
                   tf.saved_model.load(version_dir), front_end, backbone_dir)
+
+
+@pytest.fixture(scope="session")
+def xla_exported(exported, tmp_path_factory):
+  """The same checkpoint and backbone exported with jit_compile=True: (version folder, loaded)."""
+  base = os.path.join(str(tmp_path_factory.mktemp("models_xla")), "leo")
+  version_dir = export.export_checkpoint(exported.run_dir, base, front_end=exported.front_end,
+                                         jit_compile=True)
+  return version_dir, tf.saved_model.load(version_dir)

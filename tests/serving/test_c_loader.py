@@ -284,3 +284,23 @@ def test_bad_image_requests_are_invalid_argument_and_the_next_is_answered(loader
       loader.run(signature, inputs)
     assert error.value.code == "INVALID_ARGUMENT", (message, error.value)
     assert_same_outputs(loader.run("images", good), expected)
+
+
+@needs_data
+def test_an_xla_export_runs_in_the_c_loader_as_in_python(leo_serve, xla_exported, drawings):
+  # export(jit_compile=True): TensorFlow's C API compiles and runs the XLA functions as the
+  # Python loader does (TF Serving needs --xla_cpu_compilation_enabled=true for them).
+  version_dir, loaded = xla_exported
+  support, query = omniglot_task(drawings, 5)
+  with client.Loader(leo_serve, version_dir) as process:
+    for signature, inputs in (
+        ("images", {"support_images": support, "query_images": query}),
+        ("images_batched", {"support_images": support[None], "query_images": query[None]}),
+        ("serving_default", dict(zip(("support", "query"), helpers.task(4, 3, 7, seed=3))))):
+      assert_same_outputs(process.run(signature, inputs), python_call(loaded, signature, inputs))
+    with pytest.raises(client.LoaderError, match="fewer than 2 classes") as error:
+      process.run("images", {"support_images": support[:1], "query_images": query})
+    assert error.value.code == "INVALID_ARGUMENT"
+    replies = process.warmup()
+    assert len(replies) == len(read_warmup(version_dir))
+    assert not [got for _, got in replies if isinstance(got, client.LoaderError)]

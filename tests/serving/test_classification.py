@@ -410,3 +410,68 @@ def test_make_request_says_what_it_wrote(tmp_path):
   assert np.asarray(json.loads(printed.stdout)["inputs"]["query"]).shape == (3, 8)
   assert printed.stderr == ("make_request: wrote stdout: serving_default request, support "
                             "[N, K, D] = [2, 1, 8], query [Q, D] = [3, 8]\n")
+
+
+def _must_compile(version_dir):
+  """{function name: its _XlaMustCompile} of the export's function library."""
+  saved_model = saved_model_pb2.SavedModel()
+  with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+    saved_model.ParseFromString(f.read())
+  return {function.signature.name: function.attr["_XlaMustCompile"].b
+          for function in saved_model.meta_graphs[0].graph_def.library.function
+          if "_XlaMustCompile" in function.attr}
+
+
+def test_jit_compile_compiles_leo_alone_and_answers_as_the_plain_export(exported, xla_exported):
+  # export(jit_compile=True): the two task functions (adapt and generate) are compiled with
+  # XLA, the signatures around them (checks, backbone, task loop) are not; every signature
+  # answers as the plain export within float32 rounding (XLA fuses and reorders sums).
+  version_dir, loaded = xla_exported
+  compiled = sorted(name for name, flag in _must_compile(version_dir).items() if flag)
+  assert len(compiled) == 2 and all("one_task" in name for name in compiled), compiled
+  assert not any(_must_compile(exported.version_dir).values())
+  with open(os.path.join(version_dir, "assets.extra", "leo_config.json")) as f:
+    assert json.load(f)["jit_compile"] is True
+  for n, k, q, seed in ((5, 1, 25, 40), (3, 2, 7, 41), (4, 3, 0, 42)):
+    support, query = task(n, k, q, seed=seed)
+    for signature in ("serving_default", "generate"):
+      plain = call(exported.loaded, signature, support, query)
+      xla = call(loaded, signature, support, query)
+      assert sorted(xla) == sorted(plain)
+      for name in ("probabilities", "classifier_weights", "adapted_latents"):
+        np.testing.assert_allclose(xla[name], plain[name], rtol=0, atol=2e-5,
+                                   err_msg=f"{signature} {name}")
+      np.testing.assert_array_equal(xla["classes"], plain["classes"])
+  pixels = np.random.default_rng(43).integers(0, 256, (2, 5, 1, 28, 28, 1), dtype=np.uint8)
+  queries = np.random.default_rng(44).integers(0, 256, (2, 10, 28, 28, 1), dtype=np.uint8)
+  for signature, inputs in (
+      ("images", {"support_images": pixels[0], "query_images": queries[0]}),
+      ("images_batched", {"support_images": pixels, "query_images": queries})):
+    plain = {n: v.numpy() for n, v in exported.loaded.signatures[signature](**inputs).items()}
+    xla = {n: v.numpy() for n, v in loaded.signatures[signature](**inputs).items()}
+    np.testing.assert_allclose(xla["probabilities"], plain["probabilities"], atol=2e-5)
+    np.testing.assert_array_equal(xla["classes"], plain["classes"])
+  # The single-task signature, without the task loop, is task 0 of the batched one bit for bit.
+  alone = {n: v.numpy() for n, v in loaded.signatures["images"](
+      support_images=pixels[1], query_images=queries[1]).items()}
+  np.testing.assert_array_equal(alone["probabilities"], xla["probabilities"][1])
+
+
+def test_jit_compile_batches_exactly_and_keeps_the_checks(xla_exported):
+  # With XLA, B tasks concatenated as TF Serving's batcher does answer exactly as each alone
+  # (one compiled function per task shape), and bad requests fail before XLA runs.
+  _, loaded = xla_exported
+  tasks = [task(3, 2, 4, seed=50 + i) for i in range(5)]
+  one = {"support": np.stack([s for s, _ in tasks[:2]]), "query": np.stack([q for _, q in tasks[:2]])}
+  two = {"support": np.stack([s for s, _ in tasks[2:]]), "query": np.stack([q for _, q in tasks[2:]])}
+  together = call(loaded, "embeddings_batched", **{n: np.concatenate([one[n], two[n]]) for n in one})
+  alone = [call(loaded, "embeddings_batched", **r) for r in (one, two)]
+  for name in together:
+    np.testing.assert_array_equal(together[name], np.concatenate([a[name] for a in alone]))
+  direct = call(loaded, "serving_default", *tasks[3])
+  np.testing.assert_array_equal(together["probabilities"][3], direct["probabilities"])
+  for support, query, message in ((_NAN_SUPPORT, _GOOD_QUERY, r"support contains NaN or Inf"),
+                                  (_GOOD_SUPPORT[:1], _GOOD_QUERY, r"fewer than 2 classes"),
+                                  (_ZERO_SUPPORT, _GOOD_QUERY, r"support has an all-zero")):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+      call(loaded, "serving_default", support, query)
