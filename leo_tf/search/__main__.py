@@ -45,6 +45,9 @@ flags.DEFINE_enum("pruner", "median", study_lib.PRUNERS,
                   "completed trials' at the same step; halving: successive halving; none.")
 flags.DEFINE_integer("prune_after_trials", 5, "The median pruner prunes once so many trials "
                      "have completed.")
+flags.DEFINE_bool("base_first", False, "Trial 0 of a new study trains the base's own values of "
+                  "the searched settings: the yardstick on the same tasks (with a database "
+                  "server, start one worker before the others).")
 flags.DEFINE_integer("prune_warmup_steps", 0, "No pruning at meta-validations before this step.")
 flags.DEFINE_integer("tpe_startup_trials", 10, "TPE samples at random for the first so many trials.")
 flags.DEFINE_integer("search_seed", 0, "Seeds the random sampler: trial t's sample depends only "
@@ -77,7 +80,7 @@ def main(argv):
         pruner=FLAGS.pruner, prune_after_trials=FLAGS.prune_after_trials,
         prune_warmup_steps=FLAGS.prune_warmup_steps, tpe_startup_trials=FLAGS.tpe_startup_trials,
         seed=FLAGS.search_seed, storage=FLAGS.storage, study_name=FLAGS.study_name,
-        heartbeat_seconds=FLAGS.heartbeat_seconds)
+        heartbeat_seconds=FLAGS.heartbeat_seconds, base_first=FLAGS.base_first)
     fields = space.searchable(config, command_line.FLAG_NAMES[FLAGS.problem])
     settings = space.read_space(FLAGS.space, fields)
     space.check_against(config, settings, fields)

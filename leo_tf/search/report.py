@@ -47,11 +47,12 @@ def _best_reported(trial: optuna.trial.FrozenTrial, maximize: bool) -> float | N
 
 def _state(trial: optuna.trial.FrozenTrial) -> str:
   note = trial.user_attrs.get("note", "")
+  base = " (the base's settings)" if trial.user_attrs.get("base") else ""
   if trial.state == TrialState.PRUNED:
-    return f"pruned at step {trial.user_attrs.get('last_step', '?')}"
+    return f"pruned at step {trial.user_attrs.get('last_step', '?')}{base}"
   if trial.state == TrialState.FAIL:
     return note or "failed (its worker stopped; see the trial that continues it)"
-  return trial.state.name.lower()
+  return trial.state.name.lower() + base
 
 
 def leaderboard_rows(study: optuna.Study, settings: Sequence[space_lib.Setting]

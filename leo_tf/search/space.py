@@ -150,6 +150,25 @@ def apply(config, params: Mapping[str, Any], fields: Mapping[str, Field], **top_
   return dataclasses.replace(config, **replaced, **top_level)
 
 
+def values(config, settings: Sequence[Setting], fields: Mapping[str, Field]) -> dict[str, Any]:
+  """The base configuration's own value of each searched setting (flag name -> value).
+
+  Raises:
+    ValueError: a value outside its setting's range (it could not be a trial
+      of this space), naming the setting and the range.
+  """
+  found = {}
+  for s in settings:
+    field = fields[s.name]
+    value = getattr(getattr(config, field.section), field.field)
+    if not s.low <= value <= s.high:
+      raise ValueError(
+          f"--base_first: the base's {s.name}={value} is outside the space's range "
+          f"[{s.low:g}, {s.high:g}] ({s.where}); widen the range or leave --base_first out.")
+    found[s.name] = value
+  return found
+
+
 def check_against(config, settings: Sequence[Setting], fields: Mapping[str, Field]) -> None:
   """Builds `config` with each setting at each end of its range; a refused end is a ValueError.
 

@@ -72,6 +72,9 @@ class SearchConfig:
   heartbeat_seconds: int = 60  # a running trial's heartbeat; stale after twice this
   max_retries: int = 2  # a trial whose worker died is run again at most so many times
   max_failures_in_a_row: int = 3  # a worker stops after so many failed trials in a row
+  # Trial 0 of a new study runs the base's own values of the searched settings: the
+  # yardstick, on the same tasks and under the same pruner, that the samples must beat.
+  base_first: bool = False
 
   def __post_init__(self):
     check_choice(self, "sampler", SAMPLERS)
@@ -240,12 +243,15 @@ def open_study(search: SearchConfig, config, settings: Sequence[space_lib.Settin
   os.makedirs(search.study_dir, exist_ok=True)
   ours = {"base": base_fingerprint(config, settings, fields),
           "space": space_lib.describe(settings), "direction": direction(config)}
+  base_values = space_lib.values(config, settings, fields) if search.base_first else None
   with _creating(search):
     study = _create_or_load(search, config)
     stored = study.user_attrs
     if not stored:
       for key, value in ours.items():
         study.set_user_attr(key, value)
+      if base_values is not None:  # inside the lock: one worker creates, one enqueues
+        study.enqueue_trial(base_values, user_attrs={"base": True})
       return study
   where = (f"the study folder {search.study_dir!r}" if not search.storage else
            f"the study {search.name!r} in {search.storage}")

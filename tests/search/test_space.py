@@ -137,3 +137,25 @@ def test_a_study_folder_of_another_base_or_space_is_refused(tmp_path):
   assert "was made for another base flagfile: data.num_classes: 5 there, 20 here" in str(e.value)
   with pytest.raises(study_lib.SearchError, match="another search space"):
     study_lib.open_study(search, CONFIG, _parse("kl_weight 1e-4 10 log"), FIELDS)
+
+
+def test_base_first_enqueues_the_base_values_once_and_refuses_one_out_of_range(tmp_path):
+  settings = _parse("kl_weight 1e-4 1 log\nnum_latents 16 256 log\nouter_lr 1e-5 1e-2 log")
+  base = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, kl_weight=0.25,
+                                                               num_latents=100))
+  assert space.values(base, settings, FIELDS) == {
+      "kl_weight": 0.25, "num_latents": 100, "outer_lr": CONFIG.outer.outer_lr}
+  search = study_lib.SearchConfig(study_dir=str(tmp_path / "s"), num_trials=2, base_first=True)
+  for _ in range(2):  # a second worker opening the study enqueues nothing more
+    study = study_lib.open_study(search, base, settings, FIELDS)
+  (waiting,) = study.get_trials(deepcopy=False)
+  assert waiting.state == optuna.trial.TrialState.WAITING
+  assert waiting.user_attrs == {"base": True}
+  trial = study.ask()  # the first trial any worker asks for is the base's
+  assert space.suggest(trial, settings) == {"kl_weight": 0.25, "num_latents": 100,
+                                            "outer_lr": CONFIG.outer.outer_lr}
+  outside = dataclasses.replace(base, model=dataclasses.replace(base.model, kl_weight=2.0))
+  with pytest.raises(ValueError, match=r"--base_first: the base's kl_weight=2.0 is outside the "
+                     r"space's range \[0.0001, 1\] \(s.txt, line 1\); widen the range"):
+    study_lib.open_study(dataclasses.replace(search, study_dir=str(tmp_path / "t")), outside,
+                         settings, FIELDS)
