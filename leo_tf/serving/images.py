@@ -113,9 +113,15 @@ class FrontEnd:
     def embed_chunk(chunk):  # [E, H, W, C] -> [E, F]
       return self.backbone(self.preprocess(chunk), training=False)
 
-    features = tf.map_fn(embed_chunk, chunks, parallel_iterations=1,
-                         fn_output_signature=tf.TensorSpec([self.chunk, self.embedding_dim],
-                                                           tf.float32))
+    def loop():  # [chunks, E, F], one chunk after the other
+      return tf.map_fn(embed_chunk, chunks, parallel_iterations=1,
+                       fn_output_signature=tf.TensorSpec([self.chunk, self.embedding_dim],
+                                                         tf.float32))
+
+    # A request of one chunk (a single task, usually) skips the loop and its overhead:
+    # the same call on the same chunk, so the same features (tested).
+    features = tf.cond(tf.equal(tf.shape(chunks)[0], 1), lambda: embed_chunk(chunks[0])[None],
+                       loop)
     return tf.reshape(features, [-1, self.embedding_dim])[:m]  # [chunks, E, F] -> [M, F]
 
 
