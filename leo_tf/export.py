@@ -40,10 +40,10 @@ def main(argv):
     options = {name: True for name in ("full_outputs", "jit_compile") if f[name].value}
     if f.backbone_dir:
       options["front_end"] = images.FrontEnd(*pretrain.load_embedding_function(f.backbone_dir),
-                                             chunk=f.embed_chunk)
-    elif f.embed_chunk != images.EMBED_CHUNK:
-      raise ValueError("--embed_chunk applies to the image signatures only: give --backbone_dir "
-                       "too, or leave --embed_chunk out.")
+                                             chunk=f.embed_chunk, pad=f.embed_pad)
+    elif f.embed_chunk != images.EMBED_CHUNK or not f.embed_pad:
+      raise ValueError("--embed_chunk and --embed_pad apply to the image signatures only: give "
+                       "--backbone_dir too, or leave them out.")
     problem = export.read_run_config(f.checkpoint_path).to_dict()["problem"] if options else ""
     if problem not in ("", "classification"):
       raise ValueError("--backbone_dir, --full_outputs and --jit_compile apply to classification "
@@ -85,6 +85,12 @@ def _define_flags():
                        "serve (5-way 1-shot, 25 queries: 30) pads nothing and puts every task "
                        "in a chunk of its own, so that batched requests answer exactly as "
                        "each alone (export/README.md).")
+  flags.DEFINE_bool("embed_pad", True,
+                    "With --backbone_dir: pad the last chunk to --embed_chunk images (every "
+                    "call the same shape). --noembed_pad: a request of fewer images is one call "
+                    "of its own size; with a large --embed_chunk (e.g. 32 tasks' images) batched "
+                    "requests run in few large calls, faster per image, and answers equal those "
+                    "alone within rounding instead of exactly.")
   flags.DEFINE_bool("full_outputs", False,
                     "The batched and image signatures also return classifier_weights and "
                     "adapted_latents (image signatures: and the embeddings); by default they "

@@ -34,7 +34,8 @@ def command_export(tmp_path_factory):
   run.step.assign(7)
   prefix = run.save_best(0.625)
   backbone_dir = write_backbone(str(tmp_path_factory.mktemp("stage1")))
-  result = _export_command(run_dir, base, f"--backbone_dir={backbone_dir}", "--embed_chunk=30")
+  result = _export_command(run_dir, base, f"--backbone_dir={backbone_dir}", "--embed_chunk=30",
+                           "--jit_compile")
   assert result.returncode == 0, result.stderr[-3000:]
   return config, run_dir, prefix, base, result.stdout
 
@@ -58,6 +59,8 @@ def test_command_line_reports_and_records_the_source(command_export):
   assert record["model"]["embedding_dim"] == D
   assert record["front_end"]["backbone"]["conv4_channels"] == [8, 8, 16, D]
   assert record["front_end"]["embed_chunk"] == 30  # --embed_chunk (default 32)
+  assert record["front_end"]["embed_pad"] is True  # --embed_pad's default
+  assert record["jit_compile"] is True  # --jit_compile (default false)
 
 
 def test_command_line_refuses_the_same_checkpoint_again(command_export):
@@ -71,8 +74,9 @@ def test_command_line_refuses_the_same_checkpoint_again(command_export):
 
 def test_command_line_refuses_a_chunk_without_a_backbone(command_export):
   _, run_dir, _, base, _ = command_export
-  result = _export_command(run_dir, base, "--embed_chunk=7", "--allow_duplicate")
-  assert result.returncode != 0
-  assert ("leo_tf.export: error: --embed_chunk applies to the image signatures only: give "
-          "--backbone_dir too") in result.stderr
+  for flag in ("--embed_chunk=7", "--noembed_pad"):
+    result = _export_command(run_dir, base, flag, "--allow_duplicate")
+    assert result.returncode != 0
+    assert ("leo_tf.export: error: --embed_chunk and --embed_pad apply to the image signatures "
+            "only: give --backbone_dir too, or leave them out.") in result.stderr, flag
   assert sorted(os.listdir(base)) == ["1"]

@@ -96,6 +96,7 @@ class ImageCase:
   drawings: bool  # real Omniglot drawings where ../shared/data/omniglot is present
   embed_chunk: int = EMBED_CHUNK  # the export's images per backbone call
   jit_compile: bool = False  # the export's LEO compiled with XLA (leo_tf.export --jit_compile)
+  embed_pad: bool = True  # the last chunk padded to embed_chunk (leo_tf.export --embed_pad)
 
   @property
   def num_queries(self) -> int:
@@ -107,10 +108,10 @@ class ImageCase:
 
 
 def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = EMBED_CHUNK,
-                jit_compile: bool = False) -> dict[str, ImageCase]:
+                jit_compile: bool = False, embed_pad: bool = True) -> dict[str, ImageCase]:
   """The three cases, by name; the WRN's depth and width as given; the exports' chunk
   (`python -m leo_tf.export --embed_chunk`) as given, 0 for each case's N K + Q; their
-  LEO compiled with XLA or not (--jit_compile)."""
+  LEO compiled with XLA or not (--jit_compile), their last chunk padded or not (--embed_pad)."""
   # pylint: disable=g-import-not-at-top
   from leo_tf.images import backbones
   from leo_tf.images import omniglot_pipeline
@@ -125,7 +126,8 @@ def image_cases(wrn_depth: int = 16, wrn_width: int = 1, embed_chunk: int = EMBE
                 False),
   )
   cases = tuple(dataclasses.replace(case, embed_chunk=embed_chunk or case.images_per_task,
-                                    jit_compile=jit_compile) for case in cases)
+                                    jit_compile=jit_compile, embed_pad=embed_pad)
+                for case in cases)
   return {case.name: case for case in cases}
 
 
@@ -169,7 +171,8 @@ def front_end(case: ImageCase, seed: int = 0):
                                  convention=case.convention)
   record = {"backbone": dataclasses.asdict(case.backbone), "convention": case.convention,
             "embedding_dim": case.backbone.feature_dim, "folder": "(untrained, benchmark)"}
-  return images.FrontEnd(backbone, preprocess, record, chunk=case.embed_chunk)
+  return images.FrontEnd(backbone, preprocess, record, chunk=case.embed_chunk,
+                         pad=case.embed_pad)
 
 
 def image_export(case: ImageCase, folder: str) -> str:
@@ -530,9 +533,10 @@ def run_image_benchmark(case_names: Sequence[str], runtimes: Sequence[str] = RUN
                         rounds: int = 5, batch_sizes: Sequence[int] = BATCH_SIZES,
                         wrn_depth: int = 16, wrn_width: int = 1,
                         binary: str | None = None, embed_chunk: int = EMBED_CHUNK,
-                        jit_compile: bool = False) -> tuple[list, list]:
+                        jit_compile: bool = False, embed_pad: bool = True
+                        ) -> tuple[list, list]:
   """Exports the cases, times them in each runtime; returns (results, goal rows)."""
-  known = image_cases(wrn_depth, wrn_width, embed_chunk, jit_compile)
+  known = image_cases(wrn_depth, wrn_width, embed_chunk, jit_compile, embed_pad)
   unknown = [name for name in case_names if name not in known]
   if unknown:
     raise ValueError(f"unknown --cases {unknown}; the cases are {sorted(known)}.")
@@ -622,16 +626,17 @@ def main(argv):
     results, goal_rows = run_image_benchmark(
         cases, f.runtimes, f.num_calls, f.min_calls, f.num_warmup, f.rounds,
         [int(b) for b in f.batch_sizes], f.wrn_depth, f.wrn_width, embed_chunk=f.embed_chunk,
-        jit_compile=f.jit_compile)
+        jit_compile=f.jit_compile, embed_pad=f.embed_pad)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"leo_tf.bench.serving: error: {e}") from None
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  exports = {"jit_compile": f.jit_compile, "embed_chunk": f.embed_chunk or "N K + Q"}
+  exports = {"jit_compile": f.jit_compile, "embed_chunk": f.embed_chunk or "N K + Q",
+             "embed_pad": f.embed_pad}
   for r in results + goal_rows:
     print(json.dumps(dict(r, tensorflow=tf.__version__, **exports), sort_keys=True))
   print(format_tables(results, goal_rows))
   print(f"(the image exports: LEO with jit_compile={f.jit_compile}, embed_chunk="
-        f"{exports['embed_chunk']})")
+        f"{exports['embed_chunk']}, embed_pad={f.embed_pad})")
 
 
 def _define_flags():
@@ -653,6 +658,8 @@ def _define_flags():
                        "(leo_tf.export --embed_chunk); 0: each case's N K + Q, no padding.")
   flags.DEFINE_bool("jit_compile", False, "The image exports' LEO compiled with XLA "
                     "(leo_tf.export --jit_compile); the bare backbone stays as it is.")
+  flags.DEFINE_bool("embed_pad", True, "The image exports pad the last chunk to --embed_chunk "
+                    "(leo_tf.export --embed_pad); false: a request of fewer images is one call.")
   flags.DEFINE_string("export_dir", "", "Instead: time this export's embedding signatures "
                       "(its latest version, or a version folder) through Python.")
 

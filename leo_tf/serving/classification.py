@@ -474,6 +474,7 @@ def servable(model: LEO, run_config, front_end: images.FrontEnd | None = None,
             "jit_compile": jit_compile}
   if front_end is not None:
     record["front_end"] = {**front_end.record, "embed_chunk": front_end.chunk,
+                           "embed_pad": front_end.pad,
                            "max_image_side": images.MAX_IMAGE_SIDE}
   return module, module.signature_functions, record, warmup_requests(model.config.embedding_dim,
                                                             front_end=front_end)

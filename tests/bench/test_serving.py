@@ -109,6 +109,13 @@ def test_the_cases_take_the_exports_chunk_or_their_own_task_size():
   own = serving.image_cases(embed_chunk=0)
   assert own["omniglot_5way1shot"].embed_chunk == 30  # 5 x 1 + 25
   assert own["omniglot_20way1shot"].embed_chunk == 120  # 20 x 1 + 100
+  # The other export options reach every case, and its front end.
+  options = serving.image_cases(embed_chunk=960, jit_compile=True, embed_pad=False)
+  assert {(c.embed_chunk, c.jit_compile, c.embed_pad) for c in options.values()} == {
+      (960, True, False)}
+  front = serving.front_end(options["omniglot_5way1shot"])
+  assert (front.chunk, front.pad) == (960, False)
+  assert {(c.jit_compile, c.embed_pad) for c in serving.image_cases().values()} == {(False, True)}
 
 
 def test_the_bare_backbone_is_stage_1s_preprocessing_and_backbone():

@@ -191,6 +191,24 @@ def test_a_chunk_of_the_task_size_pads_nothing_and_answers_alike(exported):
   np.testing.assert_allclose(alone, default, atol=1e-5)
 
 
+def test_without_padding_a_small_request_is_one_call_of_its_own_size(exported):
+  # FrontEnd(chunk=64, pad=False): 10 images are one call of 10 (no padding: the features
+  # of one tf.function call of the backbone on them, bit for bit); 150 images are calls of
+  # 64, 64 and 64 (22 padded); the first 64 as a request of their own; all within rounding
+  # of the padded default's.
+  pixels = _pixels((150, 28, 28, 1), 6)
+  fit = dataclasses.replace(exported.front_end, chunk=64, pad=False)
+  embed = tf.function(fit.embed)
+  direct = tf.function(lambda x: fit.backbone(fit.preprocess(x), training=False))
+  np.testing.assert_array_equal(embed(pixels[:10]).numpy(), direct(pixels[:10]).numpy())
+  whole = embed(pixels).numpy()
+  assert whole.shape == (150, D)
+  np.testing.assert_array_equal(whole[:64], embed(pixels[:64]).numpy())
+  default = tf.function(exported.front_end.embed)(pixels).numpy()  # chunks of 32, padded
+  np.testing.assert_allclose(whole, default, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(embed(pixels[:10]).numpy(), default[:10], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("chunk", [0, -3, 4097, 2.5, True, "30"])
 def test_a_bad_chunk_is_refused_with_the_fix(exported, chunk):
   with pytest.raises(ValueError, match=r"embed_chunk is .*: the backbone's images per call must "
