@@ -20,7 +20,9 @@ memory stays bounded for requests of thousands of images. Its position inside
 its chunk can still move the last bit of a feature (oneDNN on a 2-core CPU,
 BUILD_NOTES.md); with a chunk of N K + Q every task of a batched request fills
 its own chunk, and requests concatenated by TF Serving's batcher answer exactly
-as each alone.
+as each alone. With FrontEnd.pad = False (export --noembed_pad) a request of
+fewer images than the chunk is one call of its own size instead: faster for
+large chunks, exact only within rounding.
 
 The checks (check_images, decode) fail with InvalidArgument errors that name
 the input and say what to send.
