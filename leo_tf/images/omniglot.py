@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import os
 import re
 import zipfile
@@ -412,9 +413,35 @@ def evenly_spaced(items: Sequence[str], count: int | None) -> list[str]:
   return [items[i] for i in positions]
 
 
+def hold_out_alphabets(class_lines: Sequence[str], count: int
+                       ) -> tuple[list[str], list[str], list[str]]:
+  """Splits a split file's classes by alphabet, for features the backbone never saw.
+
+  Args:
+    class_lines: "Alphabet/characterNN/rotDDD" lines, alphabet by alphabet.
+    count: how many alphabets to hold out, evenly spaced in file order; 1 to
+      the number of alphabets - 1.
+
+  Returns:
+    (the held-out alphabets' lines, the other lines, the held-out alphabets'
+    names), lines in file order. Every rotation of a character goes with its
+    alphabet, so no held-out class is a rotation of a kept one.
+  """
+  alphabets = list(dict.fromkeys(line.split("/")[0] for line in class_lines))  # file order
+  if not 1 <= count < len(alphabets):
+    raise ValueError(
+        f"heldout_alphabets must be between 1 and {len(alphabets) - 1} (the training split has "
+        f"{len(alphabets)} alphabets, and stage 1 needs at least one), got {count}.")
+  held = set(evenly_spaced(alphabets, count))
+  heldout = [l for l in class_lines if l.split("/")[0] in held]
+  kept = [l for l in class_lines if l.split("/")[0] not in held]
+  return heldout, kept, [a for a in alphabets if a in held]
+
+
 def load_vinyals_splits(data_dir: str, image_size: int = IMAGE_SIZE,
                         max_classes: int | None = None, characters: Characters | None = None,
-                        max_eval_classes: int | None = None) -> dict[str, OmniglotSplit]:
+                        max_eval_classes: int | None = None,
+                        heldout_alphabets: int = 0) -> dict[str, OmniglotSplit]:
   """The train, val and test splits of Vinyals et al. from the shared folder.
 
   Args:
@@ -426,9 +453,14 @@ def load_vinyals_splits(data_dir: str, image_size: int = IMAGE_SIZE,
     max_eval_classes: if set, keep only so many classes of val and test, likewise.
     characters: already loaded characters to take the images from (default:
       loaded from the npz files in data_dir).
+    heldout_alphabets: if > 0, "train" holds only the training classes of so
+      many alphabets (hold_out_alphabets), and "backbone_train" the others':
+      stage 1 trains on those, so the features LEO meta-trains on come from
+      alphabets the backbone never saw, as the test classes' do.
 
   Returns:
-    {"train": ..., "val": ..., "test": ...}; no character is in two splits.
+    {"train": ..., "val": ..., "test": ...} (and "backbone_train" with
+    heldout_alphabets); no character is in two of train, val and test.
   """
   for name, value in (("max_classes", max_classes), ("max_eval_classes", max_eval_classes)):
     if value is not None and value < 1:
@@ -436,14 +468,17 @@ def load_vinyals_splits(data_dir: str, image_size: int = IMAGE_SIZE,
   lines = {s: evenly_spaced(read_split_file(data_dir, s), max_classes) for s in SPLITS}
   for s in ("val", "test"):
     lines[s] = evenly_spaced(lines[s], max_eval_classes)
-  chars_of = {s: {parse_class_line(l)[0] for l in lines[s]} for s in SPLITS}
-  for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+  if heldout_alphabets:
+    lines["train"], lines["backbone_train"], _ = hold_out_alphabets(lines["train"],
+                                                                     heldout_alphabets)
+  chars_of = {s: {parse_class_line(l)[0] for l in lines[s]} for s in lines}
+  for a, b in itertools.combinations(lines, 2):
     shared = chars_of[a] & chars_of[b]
     if shared:
       raise ValueError(
           f"the {a} and {b} split files share character(s) {sorted(shared)[:3]}; a few-shot "
           "split must keep meta-test characters out of meta-training.")
   if characters is None:
-    needed = [c for s in SPLITS for c in sorted(chars_of[s])]
+    needed = [c for s in lines for c in sorted(chars_of[s])]
     characters = load_characters(data_dir, image_size, names=needed)
-  return {s: make_split(characters, lines[s]) for s in SPLITS}
+  return {s: make_split(characters, lines[s]) for s in lines}

@@ -10,7 +10,10 @@ nearest-class-mean accuracy of 20-way 1-shot meta-validation tasks on the
 features, after every epoch); meta-test classes are never seen until their
 embeddings are written. The best epoch's backbone then embeds every image of
 every split, and the features are written with embeddings.write_split in the
-published LEO format:
+published LEO format (with `heldout_alphabets`, the backbone trains on the
+training classes of the other alphabets, and the train embeddings hold only
+the held-out alphabets' classes: features the backbone never saw, as the test
+classes' are):
 
   <output_path>/<dataset_name>/center/{train,val,test}_embeddings.pkl
   <output_path>/<dataset_name>/pretrain_info.json    settings, per-epoch log, NCM accuracies
@@ -81,6 +84,11 @@ class PretrainConfig:
   augment_shift: int = 2  # random translation by up to so many pixels (0: none)
   max_classes: int | None = None  # keep so many classes of each split (quick runs, tests)
   max_eval_classes: int | None = None  # and so many of val and test (quick runs, tests)
+  # Held-out features (Omniglot): the backbone trains on the training classes of all but
+  # so many alphabets, and the train embeddings hold only those alphabets' classes, so
+  # that stage 2 meta-trains on features as unfamiliar to the backbone as the test
+  # classes' (0: train on every training class and embed them all).
+  heldout_alphabets: int = 0
   num_eval_tasks: int = 1000  # meta-validation tasks per epoch for choosing it
   eval_num_classes: int = 20  # N of those tasks
   eval_num_shots: int = 1  # K of those tasks
@@ -110,6 +118,12 @@ class PretrainConfig:
     for name in ("max_classes", "max_eval_classes"):
       if getattr(self, name) is not None and getattr(self, name) < 2:
         raise ValueError(f"{name} must be >= 2 or None, got {getattr(self, name)}.")
+    if self.heldout_alphabets < 0:
+      raise ValueError(f"heldout_alphabets must be >= 0 (0: none held out), got "
+                       f"{self.heldout_alphabets}.")
+    if self.heldout_alphabets and self.image_dir:
+      raise ValueError("heldout_alphabets holds out Omniglot alphabets; with image_dir, "
+                       "split the class folders yourself (or drop heldout_alphabets).")
     if "-" in self.dataset_name or "/" in self.dataset_name or not self.dataset_name:
       raise ValueError(
           f"dataset_name must be a plain folder name without '-' or '/', got "
@@ -145,7 +159,8 @@ def omniglot_splits(config: PretrainConfig) -> dict[str, ImageSplit]:
       characters = omniglot.load_characters_from_tfds(examples, alphabet_names, size, names=names)
   splits = omniglot.load_vinyals_splits(config.data_dir, size, max_classes=config.max_classes,
                                         characters=characters,
-                                        max_eval_classes=config.max_eval_classes)
+                                        max_eval_classes=config.max_eval_classes,
+                                        heldout_alphabets=config.heldout_alphabets)
   out = {}
   for name, split in splits.items():
     images, labels = split.flat()  # [C*20, S, S, 1], [C*20]
@@ -461,6 +476,15 @@ def train_backbone(config: PretrainConfig, train: ImageSplit, val: ImageSplit,
   return backbone, history, best_epoch
 
 
+def heldout_alphabet_names(config: PretrainConfig) -> list[str]:
+  """The alphabets whose training classes the backbone does not train on ([] for none)."""
+  if not config.heldout_alphabets:
+    return []
+  lines = omniglot.evenly_spaced(omniglot.read_split_file(config.data_dir, "train"),
+                                 config.max_classes)
+  return omniglot.hold_out_alphabets(lines, config.heldout_alphabets)[2]
+
+
 def output_folder(config: PretrainConfig) -> str:
   return os.path.join(config.output_path, config.dataset_name)
 
@@ -481,11 +505,20 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
   if config.backbone_from:
     # Embed with a backbone stage 1 trained before (other feature_layers, same weights).
     backbone, _, source = read_backbone(config.backbone_from)
+    source_heldout = source["config"].get("heldout_alphabets", 0)
+    if source_heldout != config.heldout_alphabets:
+      raise ValueError(
+          f"backbone_from {config.backbone_from} was trained with heldout_alphabets="
+          f"{source_heldout}, this run asks for {config.heldout_alphabets}: its train "
+          f"embeddings would hold classes its backbone saw; pass --heldout_alphabets="
+          f"{source_heldout}.")
     history, best_epoch = source["history"], source["best_epoch"]
     log(f"stage 1: the backbone of {config.backbone_from} (epoch {best_epoch}), features "
         f"{config.backbone.feature_layers}")
   else:
-    backbone, history, best_epoch = train_backbone(config, splits["train"], splits["val"], log)
+    # With heldout_alphabets the backbone trains on the other alphabets' classes.
+    backbone, history, best_epoch = train_backbone(
+        config, splits.get("backbone_train", splits["train"]), splits["val"], log)
   folder = output_folder(config)
   os.makedirs(folder, exist_ok=True)
   # Keras writes to a path ending in .weights.h5: a hidden one beside it, then renamed.
@@ -494,7 +527,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
   os.replace(partial, os.path.join(folder, WEIGHTS_FILE))
   ncm = {}
   embed_fn = make_embed_fn(backbones.feature_extractor(backbone, config.backbone))
-  for split_name, split in splits.items():
+  for split_name in omniglot.SPLITS:
+    split = splits[split_name]
     features = embed_fn(split.images, config.embed_batch_size)  # [M, F]
     path = emb.split_path(config.output_path, config.dataset_name, "center", split_name)
     emb.write_split(path, features, split.keys, split.labels)
@@ -508,6 +542,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
       "config": dataclasses.asdict(config),
       "embedding_dim": config.backbone.feature_dim,
       "feature_layers": config.backbone.feature_layers,  # which layers made the embeddings
+      "heldout_alphabets": heldout_alphabet_names(config),  # [] unless heldout_alphabets
       "num_classes": {s: v.num_classes for s, v in splits.items()},
       "num_images": {s: int(v.images.shape[0]) for s, v in splits.items()},
       "history": history,
@@ -539,7 +574,7 @@ def config_from_flags(flags_values) -> PretrainConfig:
       data_dir=f.data_dir, omniglot_zips=tuple(f.omniglot_zips or ()),
       omniglot_tfds=f.omniglot_tfds, tfds_data_dir=f.tfds_data_dir, image_dir=f.image_dir,
       output_path=f.output_path, dataset_name=f.dataset_name, backbone=backbone,
-      backbone_from=f.backbone_from, head=f.head,
+      backbone_from=f.backbone_from, head=f.head, heldout_alphabets=f.heldout_alphabets,
       epochs=f.epochs, batch_size=f.batch_size, learning_rate=f.learning_rate,
       weight_decay=f.weight_decay, augment_shift=f.augment_shift, max_classes=f.max_classes,
       num_eval_tasks=f.num_eval_tasks, eval_num_classes=f.eval_num_classes,
@@ -580,6 +615,11 @@ def define_flags() -> None:
   flags.DEFINE_string("backbone_from", None, "A folder stage 1 wrote (<output_path>/<dataset_name>): "
                       "embed with its trained backbone instead of training one (e.g. other "
                       "--feature_layers into another --dataset_name); its backbone flags win.")
+  flags.DEFINE_integer("heldout_alphabets", d.heldout_alphabets,
+                       "Omniglot: train the backbone on the training classes of all but so many "
+                       "alphabets (evenly spaced in the split file) and write train embeddings "
+                       "of those alphabets' classes only, features the backbone never saw "
+                       "(0: none held out).")
   flags.DEFINE_enum("head", d.head, HEADS, "Classifier head used in pre-training only.")
   flags.DEFINE_integer("epochs", d.epochs, "Epochs over the meta-training images.")
   flags.DEFINE_integer("batch_size", d.batch_size, "Images per step.")

@@ -56,6 +56,36 @@ def test_evenly_spaced_subsets_span_the_list():
   assert omniglot.evenly_spaced(list("abc"), 5) == ["a", "b", "c"]
 
 
+def test_hold_out_alphabets_keeps_every_rotation_with_its_alphabet():
+  # Four alphabets of one or two characters, four rotations each, alphabet by alphabet.
+  chars = ["A/character01", "A/character02", "B/character01", "C/character01",
+           "C/character02", "D/character01"]
+  lines = [f"{c}/rot{d:03d}" for c in chars for d in omniglot.ROTATIONS]
+  heldout, kept, names = omniglot.hold_out_alphabets(lines, 2)
+  # evenly_spaced over [A, B, C, D] with 2: positions 0 and 3.
+  assert names == ["A", "D"]
+  assert heldout == lines[:8] + lines[20:]
+  assert kept == lines[8:20]
+  heldout, kept, names = omniglot.hold_out_alphabets(lines, 3)  # positions 0, 2 (1.5), 3
+  assert names == ["A", "C", "D"] and kept == lines[8:12]
+  for count in (0, 4):
+    with pytest.raises(ValueError, match="heldout_alphabets must be between 1 and 3 .* 4 alphabets"):
+      omniglot.hold_out_alphabets(lines, count)
+
+
+@needs_data
+def test_hold_out_alphabets_on_the_vinyals_training_split():
+  lines = omniglot.read_split_file(DATA, "train")
+  heldout, kept, names = omniglot.hold_out_alphabets(lines, 16)
+  assert len(names) == 16 and sorted(heldout + kept) == sorted(lines)
+  alphabets = lambda ls: {l.split("/")[0] for l in ls}
+  assert alphabets(heldout) == set(names) and not alphabets(kept) & set(names)
+  assert len(alphabets(lines)) == 33
+  # No character has a rotation on both sides.
+  chars = lambda ls: {omniglot.parse_class_line(l)[0] for l in ls}
+  assert not chars(heldout) & chars(kept)
+
+
 def test_resize_averages_ink_over_each_footprint():
   # 4x4 drawing, True = background; ink in the top-left 2x2 and one pixel of
   # the bottom-right 2x2 -> area resize to 2x2 gives ink fractions 1 and 1/4.

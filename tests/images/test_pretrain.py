@@ -13,6 +13,7 @@ import tensorflow as tf
 from leo_tf.core.config import DataConfig
 from leo_tf.data import embeddings
 from leo_tf.images import backbones
+from leo_tf.images import omniglot
 from leo_tf.images import pretrain
 from tests.paths import REPO
 
@@ -136,3 +137,46 @@ def test_pretrain_command_writes_omniglot_embeddings(tmp_path):
   test = embeddings.read_embeddings_file(str(out / "omniglot/center/test_embeddings.pkl"), 8)
   assert not set(train.class_names) & set(test.class_names)
 
+
+
+@needs_data
+def test_heldout_alphabets_train_the_backbone_on_the_other_alphabets(tmp_path, monkeypatch):
+  seen = {}
+  real_train_backbone = pretrain.train_backbone
+
+  def recording_train_backbone(config, train, val, log):
+    seen["train_keys"] = set(train.keys)
+    return real_train_backbone(config, train, val, log)
+
+  monkeypatch.setattr(pretrain, "train_backbone", recording_train_backbone)
+  config = pretrain.PretrainConfig(
+      data_dir=DATA, output_path=str(tmp_path / "emb"), max_classes=12, max_eval_classes=6,
+      heldout_alphabets=4, epochs=1, num_eval_tasks=5, eval_num_classes=5, batch_size=32,
+      backbone=backbones.BackboneConfig(conv4_channels=(8, 8, 8, 8)), progress=False)
+  info = pretrain.pretrain(config)
+  # 12 evenly spaced training classes; the 4 held-out alphabets' classes are embedded as
+  # "train", the others' trained the backbone, and no class is on both sides.
+  names = pretrain.heldout_alphabet_names(config)
+  assert info["heldout_alphabets"] == names and len(names) == 4
+  lines = omniglot.evenly_spaced(omniglot.read_split_file(DATA, "train"), 12)
+  heldout_lines = [l for l in lines if l.split("/")[0] in names]
+  assert info["num_classes"] == {"train": len(heldout_lines),
+                                 "backbone_train": 12 - len(heldout_lines), "val": 6, "test": 6}
+  train = embeddings.read_embeddings_file(
+      str(tmp_path / "emb" / "omniglot" / "center" / "train_embeddings.pkl"), embedding_dim=8)
+  assert train.num_examples == 20 * len(heldout_lines)
+  trained_on = {k.split("-")[1] for k in seen["train_keys"]}
+  assert len(trained_on) == 12 - len(heldout_lines)
+  assert not trained_on & set(train.class_names)
+  # Embedding another layer with that backbone keeps the held-out classes, or is refused.
+  with pytest.raises(ValueError, match="trained with heldout_alphabets=4.*--heldout_alphabets=4"):
+    pretrain.pretrain(dataclasses.replace(
+        config, backbone_from=str(tmp_path / "emb" / "omniglot"), heldout_alphabets=0,
+        dataset_name="other"))
+
+
+def test_heldout_alphabets_refusals():
+  with pytest.raises(ValueError, match="heldout_alphabets must be >= 0"):
+    pretrain.PretrainConfig(heldout_alphabets=-1)
+  with pytest.raises(ValueError, match="with image_dir, split the class folders yourself"):
+    pretrain.PretrainConfig(heldout_alphabets=2, image_dir="/tmp/x")
